@@ -1,0 +1,60 @@
+"""The SMS/MMS gateway for LLM chat agents: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from rq import Queue
+
+from . import db
+from .config import Settings, load_settings
+from .queue import connect_redis, queue_name
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the gateway's Flask app; nothing happens at import time."""
+    app = Flask(__name__, instance_relative_config=True)
+    settings: Settings = (test_config or {}).get("SETTINGS") or load_settings()
+    if settings.instance_path == "instance":
+        settings = _with_instance_path(settings, app.instance_path)
+    app.config.from_mapping(SETTINGS=settings)
+    if test_config:
+        app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
+
+    db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
+    db.init_app(app)
+
+    app.redis = connect_redis(settings.redis_url, for_web=True) if settings.redis_url else None  # type: ignore[attr-defined]
+    app.task_queue = (  # type: ignore[attr-defined]
+        Queue(queue_name(settings), connection=app.redis) if app.redis is not None else None  # type: ignore[attr-defined]
+    )
+
+    if not settings.twilio_validate_signatures:
+        log.warning("TWILIO_VALIDATE_SIGNATURES is off: webhook signatures are NOT checked (dev only)")
+    if not settings.public_base_url:
+        log.warning("PUBLIC_BASE_URL is unset: signatures are checked against the request's own URL")
+
+    from . import health
+
+    app.register_blueprint(health.bp)
+    _register_blueprints(app)
+    return app
+
+
+def _with_instance_path(settings: Settings, instance_path: str) -> Settings:
+    """Settings whose SQLite default lives in Flask's instance folder."""
+    from dataclasses import replace
+
+    return replace(settings, instance_path=instance_path)
+
+
+def _register_blueprints(app: Flask) -> None:
+    """Register the blueprints of each area of the gateway."""
+    from . import api, twilio_webhooks
+
+    app.register_blueprint(twilio_webhooks.bp)
+    app.register_blueprint(api.bp)

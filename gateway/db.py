@@ -1,0 +1,92 @@
+"""The database: one URL, a proxy that SQLite and PostgreSQL swap behind, and schema upgrades."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import Database, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
+from playhouse.db_url import connect as connect_url
+from playhouse.migrations import Runner
+from playhouse.pool import PooledPostgresqlDatabase
+
+log = logging.getLogger(__name__)
+
+database = DatabaseProxy()
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# WAL lets the web process read while workers write; busy_timeout makes writers queue up for
+# the lock instead of failing with "database is locked"; NORMAL sync is safe under WAL.
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10000,
+    "synchronous": "normal",
+    "foreign_keys": 1,
+}
+
+
+def open_database(url: str, pool_size: int = 20) -> Database:
+    """Create (not connect) the peewee database for a `db_url`-style URL."""
+    scheme = urlparse(url).scheme
+    if scheme.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # timeout is sqlite3's own wait for the lock, in seconds, on top of busy_timeout.
+        return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
+    if scheme in {"postgres", "postgresql"}:
+        # Threads in the worker share a bounded pool; a job waits for a free connection
+        # rather than opening one per conversation in flight.
+        parsed = urlparse(url)
+        return PooledPostgresqlDatabase(
+            parsed.path.lstrip("/"),
+            user=parsed.username,
+            password=parsed.password,
+            host=parsed.hostname,
+            port=parsed.port,
+            max_connections=pool_size,
+            stale_timeout=300,
+            timeout=30,
+        )
+    return connect_url(url)
+
+
+def init_database(url: str, pool_size: int = 20) -> Database:
+    """Point the proxy at the database for `url` and return it."""
+    current = database.obj
+    if current is not None and not current.is_closed():
+        current.close()
+    db = open_database(url, pool_size=pool_size)
+    database.initialize(db)
+    return db
+
+
+def is_postgres() -> bool:
+    """True when the proxy points at PostgreSQL."""
+    return isinstance(database.obj, PostgresqlDatabase)
+
+
+def is_sqlite() -> bool:
+    """True when the proxy points at SQLite."""
+    return isinstance(database.obj, SqliteDatabase)
+
+
+def upgrade() -> list[str]:
+    """Apply every migration not yet applied; return the names applied now."""
+    runner = Runner(database.obj, directory=str(MIGRATIONS_DIR))
+    return runner.up()
+
+
+def init_app(app) -> None:
+    """Open a connection per request and close it after, so workers never see a stale one."""
+
+    @app.before_request
+    def _connect() -> None:
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_appcontext
+    def _close(exc: BaseException | None) -> None:
+        if not database.is_closed():
+            database.close()

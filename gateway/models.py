@@ -1,0 +1,220 @@
+"""The schema: agents, phone numbers, contacts, chats, messages, profiles and idempotency keys."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from peewee import (
+    AutoField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    JSONField,
+    Model,
+    TextField,
+)
+
+from .db import database
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, without tzinfo (stored as naive UTC on every backend)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id(prefix: str) -> str:
+    """A short random public id such as `chat_3f9a...`."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class ChatType(StrEnum):
+    """How a chat reaches its person."""
+
+    API = "api_chat"
+    SMS = "sms_chat"
+
+
+class ChatStatus(StrEnum):
+    """Where a chat is in its life."""
+
+    ONGOING = "ongoing"
+    ENDED = "ended"
+    ERROR = "error"
+
+
+class Role(StrEnum):
+    """Who wrote a message."""
+
+    USER = "user"
+    AGENT = "agent"
+
+
+class MessageStatus(StrEnum):
+    """An SMS message's delivery state, as Twilio reports it (plus `received` for inbound)."""
+
+    RECEIVED = "received"
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+
+
+class ReplyState(StrEnum):
+    """Whether an inbound message still needs the agent's answer."""
+
+    PENDING = "pending"  # waiting for the reply job
+    ANSWERED = "answered"  # the agent's reply is recorded (its parts carry their own status)
+    NONE = "none"  # needs no agent reply (keyword, opted out)
+    FAILED = "failed"  # gave up; error_message says why
+
+
+class BaseModel(Model):
+    """Every table lives behind the database proxy."""
+
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Agent(BaseModel):
+    """An OpenAI-compatible model with a system prompt and memory settings."""
+
+    agent_id = CharField(primary_key=True, max_length=64, default=lambda: new_id("agent"))
+    name = CharField(max_length=200, default="")
+    model = CharField(max_length=200, null=True)  # None: OPENAI_MODEL
+    system_prompt = TextField(default="")
+    temperature = FloatField(null=True)
+    num_last_messages = IntegerField(default=20)
+    full_session_memory = BooleanField(default=True)
+    summary_memory = BooleanField(default=False)
+    user_analysis_memory = BooleanField(default=False)
+    retry_attempts = IntegerField(default=3)
+    retry_delay = FloatField(default=1.0)  # seconds, doubled per attempt with jitter
+    max_concurrent_invocations = IntegerField(default=1)
+    end_chat_after_silence_ms = IntegerField(default=3_600_000)
+    auto_close_message = TextField(null=True)
+    help_message = TextField(null=True)
+    fallback_message = TextField(null=True)  # sent when the model cannot answer; None: built-in text
+    accepts_images = BooleanField(default=False)
+    analysis_fields = JSONField(default=list)  # custom post-chat analysis fields
+    is_default = BooleanField(default=False, index=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class PhoneNumber(BaseModel):
+    """One of our Twilio numbers and the agents that answer on it."""
+
+    phone_number = CharField(primary_key=True, max_length=20)
+    inbound_agent = ForeignKeyField(Agent, null=True, backref="inbound_numbers", on_delete="RESTRICT")
+    outbound_agent = ForeignKeyField(Agent, null=True, backref="outbound_numbers", on_delete="RESTRICT")
+    twilio_sid = CharField(max_length=64, null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class Contact(BaseModel):
+    """A person who texts one of our numbers, with their opt-out state for that number."""
+
+    id = AutoField()
+    our_number = CharField(max_length=20)
+    phone_number = CharField(max_length=20)
+    opted_out = BooleanField(default=False)
+    opted_out_at = DateTimeField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("our_number", "phone_number"), True),)
+
+
+class Chat(BaseModel):
+    """A conversation between an agent and a person, over SMS or the API."""
+
+    chat_id = CharField(primary_key=True, max_length=64, default=lambda: new_id("chat"))
+    agent = ForeignKeyField(Agent, backref="chats", on_delete="RESTRICT")
+    chat_type = CharField(max_length=16, default=ChatType.API.value)
+    chat_status = CharField(max_length=16, default=ChatStatus.ONGOING.value)
+    user_id = CharField(max_length=200, null=True)
+    from_number = CharField(max_length=20, null=True)  # SMS: our number
+    to_number = CharField(max_length=20, null=True)  # SMS: the person's number
+    # "our|theirs" while the SMS chat is ongoing, NULL after: the unique index makes the
+    # database refuse a second ongoing chat for one number pair, however the race goes.
+    ongoing_pair = CharField(max_length=48, null=True, unique=True)
+    metadata = JSONField(default=dict)
+    dynamic_variables = JSONField(default=dict)
+    start_timestamp = DateTimeField(default=utcnow)
+    end_timestamp = DateTimeField(null=True)
+    end_reason = CharField(max_length=64, null=True)
+    last_activity_at = DateTimeField(default=utcnow)
+    summary = TextField(null=True)  # rolling summary (summary_memory)
+    summary_message_id = IntegerField(null=True)  # last message the summary covers
+    chat_analysis = JSONField(null=True)
+
+    class Meta:
+        # Keyset paging orders by (start_timestamp, chat_id): chat_id breaks ties.
+        indexes = (
+            (("start_timestamp", "chat_id"), False),
+            (("agent", "start_timestamp", "chat_id"), False),
+            (("chat_status", "start_timestamp", "chat_id"), False),
+            (("user_id", "start_timestamp", "chat_id"), False),
+            (("chat_status", "last_activity_at"), False),
+        )
+
+
+class Message(BaseModel):
+    """One message in a chat: an inbound SMS, an outbound SMS part, or an API turn."""
+
+    id = AutoField()
+    chat = ForeignKeyField(Chat, backref="messages", on_delete="CASCADE")
+    role = CharField(max_length=8)
+    content = TextField(default="")
+    media = JSONField(default=list)  # [{"url", "content_type"}]
+    twilio_sid = CharField(max_length=64, null=True, unique=True)
+    status = CharField(max_length=16, null=True)  # SMS only
+    error_code = CharField(max_length=16, null=True)
+    error_message = TextField(null=True)
+    from_number = CharField(max_length=20, null=True)
+    to_number = CharField(max_length=20, null=True)
+    reply_state = CharField(max_length=16, null=True, index=True)  # inbound only
+    reply_to = ForeignKeyField("self", null=True, backref="replies", on_delete="SET NULL")
+    part_index = IntegerField(null=True)  # outbound SMS: which part of the reply
+    prompt_tokens = IntegerField(null=True)
+    completion_tokens = IntegerField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("chat", "id"), False),)
+
+    @property
+    def message_id(self) -> str:
+        """The public id."""
+        return f"msg_{self.id}"
+
+
+class UserProfile(BaseModel):
+    """What the model has learned about a person across chats (user_analysis_memory)."""
+
+    key = CharField(primary_key=True, max_length=220)  # "phone:+1555..." or "user:<user_id>"
+    profile = JSONField(default=dict)
+    last_message_id = IntegerField(null=True)  # newest message the profile has read
+    updated_at = DateTimeField(default=utcnow)
+
+
+class IdempotencyKey(BaseModel):
+    """The first answer to a request sent with an `Idempotency-Key` header."""
+
+    key = CharField(primary_key=True, max_length=255)
+    request_hash = CharField(max_length=64)
+    status_code = IntegerField()
+    response = JSONField()
+    created_at = DateTimeField(default=utcnow)
+
+
+ALL_MODELS = [Agent, PhoneNumber, Contact, Chat, Message, UserProfile, IdempotencyKey]

@@ -1,0 +1,97 @@
+"""The RQ side of the web process: the Redis connection, the queue and what goes on it."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimit
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+# Jobs are enqueued by dotted path, so the web process never imports worker code.
+REPLY_JOB = "workers.jobs.reply_to_message"
+# A reply waits on the model (seconds) and Twilio; past this RQ stops it and retries.
+REPLY_JOB_TIMEOUT = 300
+
+# Job states in which a job will still run (or is running): enqueueing again would double it.
+LIVE_STATES = {
+    JobStatus.QUEUED,
+    JobStatus.STARTED,
+    JobStatus.SCHEDULED,
+    JobStatus.DEFERRED,
+    JobStatus.RATE_LIMITED,
+}
+
+
+def connect_redis(url: str, *, for_web: bool = False) -> Redis:
+    """A Redis client for `url`; the web's gives up fast so a webhook never hangs on Redis."""
+    if for_web:
+        return Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, health_check_interval=30)
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+
+
+def queue_name(settings: Settings, name: str = "default") -> str:
+    """The RQ queue name, prefixed so gateways (and test runs) can share one Redis."""
+    return f"{settings.queue_prefix}-{name}"
+
+
+def reply_job_id(message_id: int) -> str:
+    """The job id of the reply to one inbound message: deterministic, so it is enqueued once."""
+    return f"reply-{message_id}"
+
+
+def job_is_live(connection: Redis, job_id: str) -> bool:
+    """True when a job with this id exists and will still run."""
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except Exception:  # NoSuchJobError, or a job whose hash expired
+        return False
+    return job.get_status(refresh=False) in LIVE_STATES
+
+
+def retry_policy(retry_attempts: int, retry_delay: float, jitter: float = 0.25) -> Retry | None:
+    """RQ's Retry with exponential backoff from `retry_delay` seconds, with jitter, or None."""
+    if retry_attempts < 1:
+        return None
+    intervals = []
+    for attempt in range(retry_attempts):
+        base = max(retry_delay, 0.0) * (2**attempt)
+        spread = base * jitter
+        # RQ schedules retries in whole seconds; 0 means "again at once".
+        intervals.append(max(0, round(base + random.uniform(-spread, spread))))
+    return Retry(max=retry_attempts, interval=intervals)
+
+
+def enqueue_reply(
+    queue: Queue,
+    *,
+    chat_id: str,
+    message_id: int,
+    retry: Retry | None,
+    check_existing: bool = True,
+) -> Job | None:
+    """Queue the reply to an inbound message, one chat at a time, unless it is already queued.
+
+    RQ's per-key rate limit (concurrency 1 per chat) makes replies in one chat run in order,
+    oldest first, so a burst of texts never gets two replies racing for the same chat.
+    """
+    job_id = reply_job_id(message_id)
+    if check_existing and job_is_live(queue.connection, job_id):
+        return None
+    return queue.enqueue(
+        REPLY_JOB,
+        message_id,
+        job_id=job_id,
+        rate_limit=RateLimit(f"chat:{chat_id}", concurrency=1),
+        retry=retry,
+        job_timeout=REPLY_JOB_TIMEOUT,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"reply to message {message_id} in {chat_id}",
+    )
