@@ -38,6 +38,16 @@ def db_upgrade() -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface the web app listens on.")
+@click.option("--port", type=int, default=5000, envvar="PORT", show_default=True, help="Port ($PORT).")
+def dev(host: str, port: int) -> None:
+    """Run the whole gateway on this machine: SQLite, embedded Redis, web and worker together."""
+    from .dev import run_dev
+
+    run_dev(_settings(), host=host, port=port)
+
+
+@main.command()
 @click.option("--concurrency", type=int, default=None, help="Jobs in flight at once.")
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
 def worker(concurrency: int | None, burst: bool) -> None:
