@@ -57,5 +57,74 @@ def worker(concurrency: int | None, burst: bool) -> None:
     run_worker(_settings(), concurrency=concurrency, burst=burst)
 
 
+@main.group()
+def numbers() -> None:
+    """Twilio number setup."""
+
+
+@numbers.command("list")
+def numbers_list() -> None:
+    """Show the account's numbers and where their SMS webhook points now."""
+    from .numbers import list_numbers, numbers_client
+
+    settings = _settings()
+    infos = list_numbers(_twilio_or_exit(settings, numbers_client))
+    if not infos:
+        click.echo("this Twilio account has no phone numbers")
+        return
+    for info in infos:
+        click.echo(f"{info.phone_number}  {info.friendly_name or ''}".rstrip())
+        click.echo(f"  SMS webhook:     {info.sms_method or 'POST'} {info.sms_url or '(not set)'}")
+        click.echo(f"  status callback: {info.status_callback or '(not set)'}")
+        if info.messaging_service_sid:
+            where = "the number's webhook" if info.uses_number_webhook else info.messaging_service_inbound_url
+            click.echo(
+                f"  Messaging Service {info.messaging_service_sid} ({info.messaging_service_name}): "
+                f"inbound texts go to {where or '(not set)'}"
+            )
+
+
+@numbers.command("configure")
+@click.argument("phone_number")
+@click.option("--base-url", help="The gateway's public https origin (default: PUBLIC_BASE_URL).")
+def numbers_configure(phone_number: str, base_url: str | None) -> None:
+    """Point PHONE_NUMBER's SMS webhook and status callback at this gateway and register it."""
+    from . import db as database
+    from .numbers import configure_number, numbers_client
+
+    settings = _settings()
+    base = base_url or settings.public_base_url
+    if not base:
+        raise click.UsageError("give --base-url or set PUBLIC_BASE_URL (the https origin Twilio reaches)")
+    if not base.startswith("https://"):
+        click.echo(f"warning: {base} is not https; Twilio will send webhooks over plain HTTP", err=True)
+    database.init_database(settings.resolved_database_url(), pool_size=2)
+    database.upgrade()
+    client = _twilio_or_exit(settings, numbers_client)
+    try:
+        result = configure_number(client, phone_number, base)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if result.advice:
+        click.echo(result.advice)
+        raise SystemExit(2)
+    if not result.changes:
+        click.echo(f"{phone_number} already points at {base}; registered with the gateway")
+        return
+    click.echo(f"{phone_number} ({result.number.sid}) updated:")
+    for name, old, new in result.changes:
+        click.echo(f"  {name}: {old or '(not set)'} -> {new}")
+    click.echo("registered with the gateway (answered by its inbound agent, or the default agent)")
+
+
+def _twilio_or_exit(settings: Settings, factory):
+    """The Twilio client, or a clear error when credentials are missing."""
+    if not settings.twilio_configured:
+        raise click.ClickException(
+            "set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (environment or .env)"
+        )
+    return factory(settings)
+
+
 if __name__ == "__main__":
     main()
