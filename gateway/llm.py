@@ -1,0 +1,129 @@
+"""Where the model is called: one cached OpenAI client per process, errors sorted once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import OpenAI
+
+from .config import Settings
+from .errors import GatewayError, PermanentError, TransientError, http_status_is_transient
+
+log = logging.getLogger(__name__)
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+OFFLINE_LABEL = "[offline responder — no model configured]"
+
+_clients: dict[tuple, OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The model's answer and what it cost."""
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def model_client(settings: Settings) -> OpenAI:
+    """The process's OpenAI client for these settings (thread-safe, built once)."""
+    key = (settings.openai_base_url, settings.openai_api_key, settings.model_timeout)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = OpenAI(
+                    base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+                    # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
+                    api_key=settings.openai_api_key or "not-needed",
+                    timeout=settings.model_timeout,
+                    max_retries=0,  # retries are RQ's, with the agent's backoff
+                )
+                _clients[key] = client
+    return client
+
+
+def complete(
+    settings: Settings,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    temperature: float | None = None,
+) -> Completion:
+    """Ask the model for the next assistant turn; raise TransientError or PermanentError."""
+    if not settings.model_configured:
+        return offline_completion(messages)
+    kwargs: dict[str, Any] = {"model": model, "messages": messages}
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    try:
+        response = model_client(settings).chat.completions.create(**kwargs)
+    except openai.OpenAIError as exc:
+        raise classify_openai_error(exc) from exc
+    if not response.choices:
+        raise TransientError("The model returned no answer.", "empty_response")
+    text = (response.choices[0].message.content or "").strip()
+    if not text:
+        raise TransientError("The model returned an empty answer.", "empty_response")
+    usage = response.usage
+    return Completion(
+        text=text,
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+    )
+
+
+def classify_openai_error(exc: BaseException) -> GatewayError:
+    """Sort an openai client exception into retry (timeouts, 408/409/429/5xx) or give up."""
+    if isinstance(exc, openai.APITimeoutError):
+        return TransientError("The model did not answer in time.", "timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return TransientError(f"Could not reach the model: {exc}", "connection_error")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _detail(exc)
+        if status == 401:
+            return PermanentError(f"The model provider refused the API key (401): {detail}", status)
+        if status == 404:
+            return PermanentError(f"The model or endpoint was not found (404): {detail}", status)
+        if http_status_is_transient(status):
+            return TransientError(f"The model provider answered {status}: {detail}", status)
+        return PermanentError(f"The model provider refused the request ({status}): {detail}", status)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return TransientError(f"The model's answer could not be read: {exc}", "bad_response")
+    return PermanentError(f"The model call failed: {exc}", type(exc).__name__)
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    """The provider's own error message, short."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def offline_completion(messages: list[dict[str, Any]]) -> Completion:
+    """A clearly labelled echo, so the gateway works end to end with no model account."""
+    last = ""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            last = content if isinstance(content, str) else _text_of(content)
+            break
+    return Completion(text=f"{OFFLINE_LABEL} You said: {last.strip() or '(nothing)'}")
+
+
+def _text_of(content: Any) -> str:
+    """The text parts of a multi-part message content."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")

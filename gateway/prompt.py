@@ -1,0 +1,136 @@
+"""Where the prompt is built: the agent's system prompt, then the chat's recent turns.
+
+The prompt is a list of sections. `SYSTEM_SECTIONS` each add a paragraph to the system message
+(the agent's own prompt now; a rolling summary or a user profile can be appended later), and
+`history_turns` adds the recent conversation. Every section reads a bounded amount of data, so
+the cost of one reply never grows with the length of the chat.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .config import Settings
+from .models import Agent, Chat, Message, MessageStatus, Role
+
+VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+# One system paragraph from (chat, agent, settings), or None to add nothing.
+SystemSection = Callable[[Chat, Agent, Settings], "str | None"]
+
+
+def fill_variables(template: str, variables: dict[str, Any] | None) -> str:
+    """Replace `{{name}}` with the chat's dynamic variable; unknown names stay as written."""
+    values = variables or {}
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        return str(values[name]) if name in values and values[name] is not None else match.group(0)
+
+    return VARIABLE.sub(replace, template or "")
+
+
+def system_prompt_section(chat: Chat, agent: Agent, settings: Settings) -> str | None:
+    """The agent's system prompt with the chat's dynamic variables filled in."""
+    text = fill_variables(agent.system_prompt, chat.dynamic_variables).strip()
+    return text or None
+
+
+SYSTEM_SECTIONS: list[SystemSection] = [system_prompt_section]
+
+
+def build_messages(
+    chat: Chat, agent: Agent, settings: Settings, *, upto_message_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The OpenAI chat messages for the agent's next turn in `chat`.
+
+    `upto_message_id` leaves out messages newer than the one being answered (they get their
+    own reply).
+    """
+    messages: list[dict[str, Any]] = []
+    system = [text for section in SYSTEM_SECTIONS if (text := section(chat, agent, settings))]
+    if system:
+        messages.append({"role": "system", "content": "\n\n".join(system)})
+    messages.extend(history_turns(chat, agent, upto_message_id=upto_message_id))
+    return messages
+
+
+def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = None) -> list[Message]:
+    """The newest `limit` messages of the chat, oldest first, in ONE bounded query.
+
+    Agent parts that never left (failed before Twilio took them) are not part of the
+    conversation the person saw, so they are left out.
+    """
+    if limit < 1:
+        return []
+    # Spelled out without NOT(...): status is NULL on API messages, and NOT(NULL) drops rows.
+    in_conversation = (
+        (Message.role != Role.AGENT.value)
+        | Message.status.is_null()
+        | (Message.status != MessageStatus.FAILED.value)
+        | Message.twilio_sid.is_null(False)
+    )
+    query = Message.select().where((Message.chat == chat.chat_id) & in_conversation)
+    if upto_message_id is not None:
+        query = query.where(Message.id <= upto_message_id)
+    rows = list(query.order_by(Message.id.desc()).limit(limit))
+    rows.reverse()
+    return rows
+
+
+def history_turns(chat: Chat, agent: Agent, *, upto_message_id: int | None = None) -> list[dict[str, Any]]:
+    """The recent conversation as alternating user/assistant turns.
+
+    With `full_session_memory` off, only the newest user message(s) (those after the agent's
+    last turn) are kept.
+    """
+    rows = recent_messages(chat, agent.num_last_messages, upto_message_id=upto_message_id)
+    if not agent.full_session_memory:
+        rows = trailing_user_messages(rows)
+    return merge_turns(rows)
+
+
+def trailing_user_messages(rows: list[Message]) -> list[Message]:
+    """The user messages after the last agent message."""
+    tail: list[Message] = []
+    for row in reversed(rows):
+        if row.role != Role.USER.value:
+            break
+        tail.append(row)
+    tail.reverse()
+    return tail
+
+
+def merge_turns(rows: list[Message]) -> list[dict[str, Any]]:
+    """Consecutive messages of one role as one turn; the SMS parts of one reply joined back."""
+    turns: list[dict[str, Any]] = []
+    last_reply_to: object = object()
+    for row in rows:
+        role = "assistant" if row.role == Role.AGENT.value else "user"
+        content = message_text(row)
+        if not content:
+            continue
+        if turns and turns[-1]["role"] == role:
+            if role == "assistant":
+                # Parts of one split reply read on as one text; separate replies as paragraphs.
+                same_reply = row.reply_to_id is not None and row.reply_to_id == last_reply_to
+                sep = " " if same_reply else "\n\n"
+            else:
+                sep = "\n"
+            turns[-1]["content"] += sep + content
+        else:
+            turns.append({"role": role, "content": content})
+        last_reply_to = row.reply_to_id
+    return turns
+
+
+def message_text(row: Message) -> str:
+    """A message's text, with its attachments mentioned as `[attachment: type url]`."""
+    lines = [row.content.strip()] if row.content and row.content.strip() else []
+    for item in row.media or []:
+        if isinstance(item, dict) and item.get("url"):
+            kind = item.get("content_type") or "application/octet-stream"
+            lines.append(f"[attachment: {kind} {item['url']}]")
+    return "\n".join(lines)

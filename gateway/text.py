@@ -1,0 +1,171 @@
+"""Model output to SMS: markdown becomes plain text, long replies become parts."""
+
+from __future__ import annotations
+
+import re
+
+from markdown_it import MarkdownIt
+from markdown_it.tree import SyntaxTreeNode
+
+# Twilio refuses a body longer than 1,600 characters (error 21617).
+SMS_MAX_CHARS = 1600
+
+_md = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+_TAG = re.compile(r"<[^>]+>")
+_EXTRA_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def to_plain_text(markdown: str) -> str:
+    """Markdown as a phone shows it: no emphasis marks, headers or fences; lists as lines."""
+    if not markdown or not markdown.strip():
+        return ""
+    root = SyntaxTreeNode(_md.parse(markdown))
+    text = "\n\n".join(_blocks(root.children))
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _EXTRA_BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _blocks(nodes: list[SyntaxTreeNode]) -> list[str]:
+    """Each block node as plain text, empty ones dropped."""
+    out = []
+    for node in nodes:
+        text = _block(node)
+        if text.strip():
+            out.append(text)
+    return out
+
+
+def _block(node: SyntaxTreeNode) -> str:
+    """One block: paragraph, heading, list, code, quote, table."""
+    kind = node.type
+    if kind in ("paragraph", "heading"):
+        return _inline(node.children)
+    if kind in ("fence", "code_block"):
+        return node.content.rstrip("\n")
+    if kind in ("bullet_list", "ordered_list"):
+        return _list(node)
+    if kind == "blockquote":
+        return "\n\n".join(_blocks(node.children))
+    if kind == "table":
+        return _table(node)
+    if kind == "html_block":
+        return _TAG.sub("", node.content).strip()
+    if kind == "hr":
+        return ""
+    return "\n\n".join(_blocks(node.children)) if node.children else node.content
+
+
+def _list(node: SyntaxTreeNode) -> str:
+    """List items one per line, "- " or "1. ", nested items indented."""
+    ordered = node.type == "ordered_list"
+    number = int(node.attrs.get("start", 1) or 1) if ordered else 0
+    lines: list[str] = []
+    for item in node.children:
+        marker = f"{number}. " if ordered else "- "
+        number += 1
+        body = "\n".join(_blocks(item.children)).split("\n")
+        lines.append(marker + body[0])
+        lines.extend(("  " + line) if line else line for line in body[1:])
+    return "\n".join(lines)
+
+
+def _table(node: SyntaxTreeNode) -> str:
+    """Table rows as lines of cells joined by " | "."""
+    rows = []
+    for section in node.children:
+        for row in section.children:
+            rows.append(" | ".join(_inline(cell.children) for cell in row.children))
+    return "\n".join(rows)
+
+
+def _inline(nodes: list[SyntaxTreeNode]) -> str:
+    """Inline content without markup; links as "text (url)"."""
+    parts: list[str] = []
+    for node in nodes:
+        kind = node.type
+        if kind == "inline":
+            parts.append(_inline(node.children))
+        elif kind in ("text", "code_inline"):
+            parts.append(node.content)
+        elif kind in ("softbreak", "hardbreak"):
+            parts.append("\n")
+        elif kind == "link":
+            label = _inline(node.children)
+            href = str(node.attrs.get("href", ""))
+            parts.append(_link(label, href))
+        elif kind == "image":
+            alt = _inline(node.children) or node.content
+            parts.append(_link(alt, str(node.attrs.get("src", ""))))
+        elif kind == "html_inline":
+            continue
+        elif node.children:  # strong, em, s: keep the words, drop the marks
+            parts.append(_inline(node.children))
+        else:
+            parts.append(node.content)
+    return "".join(parts)
+
+
+def _link(label: str, url: str) -> str:
+    """ "label (url)", or just one of them when they say the same thing."""
+    bare = url.removeprefix("mailto:").removeprefix("tel:")
+    if not url or label in (url, bare):
+        return label or url
+    if not label:
+        return url
+    return f"{label} ({url})"
+
+
+def sms_length(text: str) -> int:
+    """Length as Twilio counts it (UTF-16 code units: an emoji outside the BMP counts twice)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_sms(text: str, limit: int = SMS_MAX_CHARS) -> list[str]:
+    """Split `text` into parts of at most `limit` characters, at paragraph, line or word breaks.
+
+    Words longer than the limit are cut; no part is empty; parts keep the text's order.
+    """
+    if limit < 2:
+        raise ValueError("limit must be at least 2")
+    parts: list[str] = []
+    rest = text.strip()
+    while rest:
+        if sms_length(rest) <= limit:
+            parts.append(rest)
+            break
+        end = _fit(rest, limit)  # rest[:end] is the longest prefix that fits
+        window = rest[: end + 1]  # one more char: a break right after the limit counts too
+        cut = _break_at(window, end)
+        part = rest[:cut].rstrip()
+        if not part:  # only whitespace before the break: cut the word instead
+            cut, part = end, rest[:end]
+        parts.append(part)
+        rest = rest[cut:].lstrip()
+    return parts
+
+
+def _fit(text: str, limit: int) -> int:
+    """The number of leading characters of `text` that fit in `limit` UTF-16 units."""
+    used = 0
+    for index, char in enumerate(text):
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > limit:
+            return max(index, 1)
+    return len(text)
+
+
+def _break_at(window: str, end: int) -> int:
+    """Where to cut: the last paragraph break, else line break, else space, in the window.
+
+    A paragraph or line break is preferred only when it keeps the part at least half full, so
+    a reply is not split into many small parts; with no space at all, cut at `end`.
+    """
+    half = end // 2
+    for sep in ("\n\n", "\n"):
+        pos = window.rfind(sep)
+        if pos >= half and pos > 0:
+            return pos
+    last_space = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+    if last_space > 0:
+        return last_space
+    return end

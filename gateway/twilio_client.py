@@ -1,0 +1,77 @@
+"""Where SMS/MMS leave: one cached Twilio REST client per process, errors sorted once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from .config import Settings
+from .errors import GatewayError, PermanentError, TransientError, classify_twilio
+
+log = logging.getLogger(__name__)
+
+# Seconds one REST call to Twilio may take before it counts as a transient failure.
+TWILIO_TIMEOUT = 30.0
+
+_clients: dict[tuple, Client] = {}
+_clients_lock = threading.Lock()
+
+
+def twilio_client(settings: Settings) -> Client:
+    """The process's Twilio client for these settings (thread-safe, built once)."""
+    if not settings.twilio_configured:
+        raise PermanentError(
+            "Twilio is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.", "twilio_not_configured"
+        )
+    key = (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = Client(
+                    settings.twilio_account_sid,
+                    settings.twilio_auth_token,
+                    http_client=TwilioHttpClient(timeout=TWILIO_TIMEOUT, pool_connections=True),
+                )
+                # Emulators and tests speak Twilio's API on another origin.
+                client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+                _clients[key] = client
+    return client
+
+
+def send_sms(
+    settings: Settings,
+    *,
+    from_: str,
+    to: str,
+    body: str,
+    media_urls: list[str] | None = None,
+    status_callback: str | None = None,
+) -> tuple[str, str]:
+    """Send one SMS/MMS; return Twilio's (sid, status); raise TransientError/PermanentError."""
+    kwargs: dict = {"from_": from_, "to": to, "body": body}
+    if media_urls:
+        kwargs["media_url"] = list(media_urls)
+    if status_callback:
+        kwargs["status_callback"] = status_callback
+    try:
+        message = twilio_client(settings).messages.create(**kwargs)
+    except TwilioRestException as exc:
+        raise classify_twilio_error(exc) from exc
+    except requests.RequestException as exc:
+        raise TransientError(f"Could not reach Twilio: {exc}", "connection_error") from exc
+    except TwilioException as exc:
+        raise PermanentError(f"Twilio client error: {exc}", "twilio_error") from exc
+    return message.sid, (message.status or "queued")
+
+
+def classify_twilio_error(exc: TwilioRestException) -> GatewayError:
+    """Sort Twilio's REST error by its code (21610, 21211, 20429...) and HTTP status."""
+    reason = (exc.msg or f"Twilio answered HTTP {exc.status}").strip()
+    return classify_twilio(exc.status, exc.code, reason)
