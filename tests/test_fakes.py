@@ -280,7 +280,7 @@ def test_latency_applies(fake_model, model_client):
     started = time.monotonic()
     chat(model_client, "slow")
     # A lower bound only: the fake must have slept; no upper bound on a noisy machine.
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.29  # a hair of slack for clock granularity
 
 
 def test_concurrent_requests_overlap(fake_model):
