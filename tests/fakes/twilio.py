@@ -9,11 +9,12 @@ Served (all behind HTTP basic auth with the account SID and auth token, like Twi
 - GET/POST /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json  fetch / update
 - GET  /2010-04-01/Accounts/{AC}/Messages/{MM}/Media/{ME}  media bytes (``.json``: metadata)
 
-Messaging Services: Twilio's IncomingPhoneNumber resource has no messaging-service field. When a
-number is added to a Messaging Service, Twilio sets the number's ``sms_application_sid`` to the
-service's ``MG...`` SID (its own SMS URLs are then ignored). The fake does the same:
-``add_number(..., messaging_service_sid="MG...")`` puts that SID in ``sms_application_sid``, so code
-detects "belongs to a Messaging Service" with ``number.sms_application_sid.startswith("MG")``.
+- GET  /v1/Services                                        Messaging Services (messaging.twilio.com)
+- GET  /v1/Services/{MG}/PhoneNumbers                      the numbers a service holds
+
+Messaging Services: Twilio's IncomingPhoneNumber resource has no messaging-service field; a number's
+membership shows in the Messaging API's Services/{MG}/PhoneNumbers list, as here. Point the client's
+messaging domain at the fake too: ``client.messaging.base_url = fake.url``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class FakeTwilio(LoopbackServer):
         self.messages: list[dict[str, Any]] = []  # accepted sends only (201), in arrival order
         self.attempts: list[dict[str, Any]] = []  # every Messages POST, accepted or not
         self.numbers: dict[str, dict[str, Any]] = {}  # PN sid -> IncomingPhoneNumber resource
+        self.services: dict[str, dict[str, Any]] = {}  # MG sid -> Messaging Service (+ "_numbers")
         self._resources: dict[str, dict[str, Any]] = {}  # SM sid -> Message resource answered
         self._media: dict[str, tuple[str, bytes, str]] = {}  # ME sid -> (content type, bytes, MM sid)
         self._failures: list[_Failure] = []
@@ -182,8 +184,7 @@ class FakeTwilio(LoopbackServer):
             "origin": "twilio",
             "phone_number": phone_number,
             "sid": sid,
-            # A Messaging Service's MG sid here is how Twilio shows membership (module docstring).
-            "sms_application_sid": messaging_service_sid or "",
+            "sms_application_sid": "",
             "sms_fallback_method": "POST",
             "sms_fallback_url": "",
             "sms_method": "POST",
@@ -207,6 +208,33 @@ class FakeTwilio(LoopbackServer):
         }
         with self._cond:
             self.numbers[sid] = resource
+            if messaging_service_sid:
+                self.services[messaging_service_sid]["_numbers"].append(sid)
+        return sid
+
+    def add_messaging_service(
+        self,
+        friendly_name: str,
+        inbound_request_url: str | None = None,
+        use_inbound_webhook_on_number: bool = False,
+    ) -> str:
+        """Create a Messaging Service; pass its MG sid to add_number(messaging_service_sid=...)."""
+        sid = new_sid("MG")
+        with self._cond:
+            self.services[sid] = {
+                "account_sid": self.account_sid,
+                "sid": sid,
+                "friendly_name": friendly_name,
+                "inbound_request_url": inbound_request_url,
+                "inbound_method": "POST",
+                "use_inbound_webhook_on_number": use_inbound_webhook_on_number,
+                "status_callback": None,
+                "date_created": datetime.now(UTC).isoformat(),
+                "date_updated": datetime.now(UTC).isoformat(),
+                "url": f"https://messaging.twilio.com/v1/Services/{sid}",
+                "links": {},
+                "_numbers": [],
+            }
         return sid
 
     def add_media(self, content_type: str, data: bytes, message_sid: str | None = None) -> str:
@@ -247,6 +275,8 @@ class FakeTwilio(LoopbackServer):
         self.sleep(self.latency)
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        if request.path.startswith("/v1/Services"):
+            return self._messaging(request)
         m = re.fullmatch(rf"{API}/Accounts/(\w+)(/.*)", request.path)
         if not m:
             return self._not_found(request)
@@ -445,6 +475,44 @@ class FakeTwilio(LoopbackServer):
             "uri": page_uri(page),
         }
         return Response.json(200, payload)
+
+    def _messaging(self, request: Request) -> Response:
+        """The Messaging API's Services and their PhoneNumbers lists (one page, v1 paging shape)."""
+        if request.method != "GET":
+            return self._error(405, 20004, "Method not allowed")
+        with self._cond:
+            if request.path == "/v1/Services":
+                key = "services"
+                items = [{k: v for k, v in s.items() if k != "_numbers"} for s in self.services.values()]
+            else:
+                m = re.fullmatch(r"/v1/Services/(MG\w+)/PhoneNumbers", request.path)
+                service = self.services.get(m[1]) if m else None
+                if service is None:
+                    return self._not_found(request)
+                key = "phone_numbers"
+                items = [
+                    {
+                        "sid": pn,
+                        "account_sid": self.account_sid,
+                        "service_sid": service["sid"],
+                        "phone_number": self.numbers[pn]["phone_number"],
+                        "country_code": "US",
+                        "capabilities": ["SMS", "MMS"],
+                        "url": f"https://messaging.twilio.com/v1/Services/{service['sid']}/PhoneNumbers/{pn}",
+                    }
+                    for pn in service["_numbers"]
+                ]
+        url = f"https://messaging.twilio.com{request.path}?PageSize=50&Page=0"
+        meta = {
+            "page": 0,
+            "page_size": 50,
+            "first_page_url": url,
+            "previous_page_url": None,
+            "next_page_url": None,
+            "url": url,
+            "key": key,
+        }
+        return Response.json(200, {key: items, "meta": meta})
 
     def _fetch_number(self, request: Request, sid: str) -> Response:
         with self._cond:
