@@ -143,14 +143,17 @@ def test_twilio_validates_required_fields(twilio_client):
 
 def test_incoming_phone_numbers_list_and_update(fake_twilio, twilio_client):
     sid = fake_twilio.add_number(OUR_NUMBER)
-    fake_twilio.add_number("+15550002222", messaging_service_sid="MG" + "1" * 32)
+    service = fake_twilio.add_messaging_service("Support")
+    fake_twilio.add_number("+15550002222", messaging_service_sid=service)
 
     assert len(twilio_client.incoming_phone_numbers.list()) == 2
     [number] = twilio_client.incoming_phone_numbers.list(phone_number=OUR_NUMBER)
     assert number.sid == sid and number.phone_number == OUR_NUMBER and number.sms_url == ""
     assert number.friendly_name == "(555) 000-1111"
     [in_service] = twilio_client.incoming_phone_numbers.list(phone_number="+15550002222")
-    assert in_service.sms_application_sid.startswith("MG")
+    twilio_client.messaging.base_url = fake_twilio.url
+    [member] = twilio_client.messaging.v1.services(service).phone_numbers.list()
+    assert member.sid == in_service.sid and member.phone_number == "+15550002222"
 
     updated = twilio_client.incoming_phone_numbers(sid).update(
         sms_url="https://sms.example.test/twilio/sms",
