@@ -1,0 +1,605 @@
+"""What the benchmarks share: child processes that always stop, Redis, gunicorn, signed Twilio payloads,
+a load generator in its own process, an RQ SimpleWorker, and percentiles.
+
+Everything listens on and talks to 127.0.0.1 only. Run as a script, this module is one of the child
+processes the benchmarks start:
+
+    python bench/_harness.py loadgen        # JSON spec on stdin, JSON results on stdout
+    python bench/_harness.py simpleworker REDIS_URL QUEUE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+HOST = "127.0.0.1"
+AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "b" * 32
+# Signatures are computed for this origin; nothing ever connects to it (see PUBLIC_BASE_URL).
+PUBLIC_BASE_URL = "https://sms.bench.test"
+OUR_NUMBERS = ("+15005550006", "+15005550007")
+
+# Same settings for the gateway and every baseline, the Procfile's `web` line with the worker class
+# spelled out. 2 worker processes: one per core. Each process runs Python under one GIL, so it uses at
+# most about one core; more processes on a 2-core machine only context-switch against each other and
+# against Redis, the RQ worker and the load generator. 8 threads per process: a request that waits on
+# Redis or on the SQLite write lock (or PostgreSQL) leaves the core to another request, and 2 x 8 = 16
+# requests in flight serve 32 keep-alive senders without a queue building up; gthread parks idle
+# keep-alive connections in its poller, so a thread is held only while a request is being handled.
+GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 8
+GUNICORN_ARGS = (
+    "--worker-class",
+    "gthread",
+    "--workers",
+    str(GUNICORN_WORKERS),
+    "--threads",
+    str(GUNICORN_THREADS),
+    "--log-level",
+    "warning",
+)
+GUNICORN_SETTINGS = f"gunicorn -k gthread -w {GUNICORN_WORKERS} --threads {GUNICORN_THREADS}"
+
+# Words for message bodies, so payloads have the length and spread of real texts.
+_TEXT = (
+    "hi hello thanks can you tell me when the store opens tomorrow what is my order status i need "
+    "to change my appointment please is there parking near the office how much does delivery cost "
+    "do you ship to canada my package has not arrived yet could someone call me back ok great "
+    "sounds good what are your hours on sunday I would like to book a table for four at 7pm"
+)
+_WORDS = _TEXT.split()
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The p-th percentile (0-100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize_ms(latencies_s: Sequence[float]) -> dict[str, Any]:
+    """n, p50, p90, p99 and max of latencies given in seconds, in milliseconds."""
+
+    def ms(p: float) -> float | None:
+        value = percentile(latencies_s, p)
+        return None if value is None else round(value * 1000, 2)
+
+    return {"n": len(latencies_s), "p50_ms": ms(50), "p90_ms": ms(90), "p99_ms": ms(99), "max_ms": ms(100)}
+
+
+# --- child processes ---------------------------------------------------------------------------------
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours without any gateway setting, plus `extra`.
+
+    Settings the developer has in their shell (DATABASE_URL, OPENAI_*, TWILIO_*...) must not leak
+    into the bench; children also run in a scratch folder, so no `.env` file is read.
+    """
+    from gateway.config import _ENV_NAMES
+
+    drop = set(_ENV_NAMES.values()) | {"PORT", "WEB_CONCURRENCY", "WEB_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("OPENAI_", "TWILIO_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH_DIR)])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Children:
+    """Every process a benchmark starts; stop_all() ends them, whatever happened before."""
+
+    def __init__(self, workdir: Path) -> None:
+        """Children write their logs into `workdir`."""
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start `argv` in its own process group, in the scratch folder, logging to <name>.log."""
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=str(self.workdir),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: gunicorn's workers stop with it
+            )
+        finally:
+            log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines a child wrote."""
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 15) -> None:
+        """SIGTERM the child's process group (a warm shutdown), SIGKILL it if it lingers."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Children of a child (gunicorn's workers) are in the same group: make sure none is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def stop_all(self) -> None:
+        """Stop every child still running, newest first."""
+        for _, proc in reversed(list(self.procs)):
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+
+
+class Bench:
+    """A scratch folder and the children of one benchmark run; a context manager that cleans up."""
+
+    def __init__(self, name: str) -> None:
+        """Nothing starts until the with-block."""
+        self.name = name
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"smsgw-{name}-"))
+        self.children = Children(self.workdir)
+        self.failed = False
+
+    def __enter__(self) -> Bench:
+        """SIGTERM/SIGHUP end the run through the normal clean-up path."""
+
+        def _stop(signum: int, frame: Any) -> None:
+            raise SystemExit(f"stopped by signal {signum}")
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, _stop)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Stop every child; keep the scratch folder (and its logs) only when the run failed."""
+        self.children.stop_all()
+        if exc_type is not None or self.failed or os.environ.get("BENCH_KEEP"):
+            print(f"[{self.name}] logs kept in {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start_redis(self) -> str:
+        """A redis-server of our own on a free loopback port (no persistence); returns its URL."""
+        from redis import Redis
+
+        binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+        if not binary:
+            raise SystemExit("redis-server not found: `make bench` installs it; or set REDIS_SERVER")
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        self.children.start("redis", argv + ["--dir", str(self.workdir)], child_env())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if Redis(host=HOST, port=port, socket_connect_timeout=0.2).ping():
+                    return f"redis://{HOST}:{port}/0"
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def start_gunicorn(self, name: str, app: str, env: dict[str, str], ready_path: str) -> int:
+        """gunicorn serving `app` on a free loopback port with GUNICORN_ARGS; returns the port."""
+        port = free_port()
+        argv = [sys.executable, "-m", "gunicorn", *GUNICORN_ARGS, "--bind", f"{HOST}:{port}", app]
+        proc = self.children.start(name, argv, env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited at start:\n{self.children.log_tail(name)}")
+            if http_status(port, "GET", ready_path) == 200:
+                return port
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not answer {ready_path}:\n{self.children.log_tail(name)}")
+
+    def stop_child(self, name: str) -> None:
+        """Stop the children started under `name`."""
+        for child_name, proc in list(self.children.procs):
+            if child_name == name:
+                self.children.stop(proc)
+
+
+def http_status(port: int, method: str, path: str, timeout: float = 2.0) -> int | None:
+    """The status of one request to 127.0.0.1:port, or None when nothing answers."""
+    import http.client
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+# --- Twilio payloads -------------------------------------------------------------------------------
+
+
+def sender_number(index: int, base: int = 2_000_000) -> str:
+    """The index-th distinct person's number (a fictional US range)."""
+    return f"+1555{base + index:07d}"
+
+
+def message_sid(seq: int, salt: str) -> str:
+    """A distinct, Twilio-shaped MessageSid (SM + 32 hex digits) for message number `seq`."""
+    return f"SM{salt[:8]:0>8}{seq:024x}"
+
+
+def inbound_sms_params(seq: int, sender: str, to: str, rng: random.Random, salt: str) -> dict[str, str]:
+    """The form Twilio POSTs for one inbound SMS (the real field set, in Twilio's order)."""
+    sid = message_sid(seq, salt)
+    body = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 30)))
+    if rng.random() < 0.1:
+        body += " 👍"
+    return {
+        "ToCountry": "US",
+        "ToState": "CA",
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ToCity": "SAN FRANCISCO",
+        "FromZip": "94105",
+        "SmsSid": sid,
+        "FromState": "CA",
+        "SmsStatus": "received",
+        "FromCity": "SAN FRANCISCO",
+        "Body": body,
+        "FromCountry": "US",
+        "To": to,
+        "MessagingServiceSid": "",
+        "ToZip": "94107",
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
+    }
+
+
+def signed_post(path: str, params: dict[str, str], host_header: str) -> bytes:
+    """The raw HTTP/1.1 request Twilio would send: form body and a valid X-Twilio-Signature."""
+    from twilio.request_validator import RequestValidator
+
+    body = urlencode(params).encode()
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_BASE_URL + path, params)
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"Host: {host_header}\r\n"
+        "User-Agent: TwilioProxy/1.1\r\n"
+        "Accept: */*\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        "Cache-Control: max-age=259200\r\n"
+        f"X-Twilio-Signature: {signature}\r\n"
+        f"I-Twilio-Idempotency-Token: {params.get('MessageSid', '')}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    return head.encode() + body
+
+
+# --- load generator (its own process) ---------------------------------------------------------------
+
+
+def run_load(
+    port: int,
+    path: str,
+    *,
+    concurrency: int,
+    count: int,
+    warmup: int,
+    first_seq: int,
+    senders: int,
+    sender_base: int = 2_000_000,
+    salt: str = "bench",
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Send `warmup` then `count` signed inbound-SMS webhooks from `concurrency` keep-alive senders.
+
+    Runs in a separate process, so the generator's CPU is its own and its timing is not disturbed
+    by the benchmark's threads. Returns latencies (seconds) of the measured requests, the measured
+    wall time, status counts and the generator's own CPU use.
+    """
+    spec = {
+        "port": port,
+        "path": path,
+        "concurrency": concurrency,
+        "count": count,
+        "warmup": warmup,
+        "first_seq": first_seq,
+        "senders": senders,
+        "sender_base": sender_base,
+        "salt": salt,
+        "timeout": timeout,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "loadgen"],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        timeout=timeout + 60,
+        env=child_env(),
+        cwd=str(BENCH_DIR),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{proc.stderr.decode(errors='replace')[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+class _Load:
+    """One batch of pre-built requests shared by the sender connections of one event loop."""
+
+    def __init__(self, requests: list[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.requests = requests
+        self.next = 0
+        self.latencies: list[float] = []
+        self.statuses: dict[str, int] = {}
+        self.errors = 0
+        self.outstanding = len(requests)
+        self.done = loop.create_future()
+
+    def take(self) -> bytes | None:
+        if self.next >= len(self.requests):
+            return None
+        req = self.requests[self.next]
+        self.next += 1
+        return req
+
+    def finish_one(self, status: int | None, latency: float | None) -> None:
+        key = str(status) if status is not None else "error"
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+        if status is not None and 200 <= status < 300 and latency is not None:
+            self.latencies.append(latency)
+        elif status is None:
+            self.errors += 1
+        self.outstanding -= 1
+        if self.outstanding <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_CONNECTION_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
+
+
+class _Sender(asyncio.Protocol):
+    """One keep-alive connection that sends the next request as soon as the previous one is answered."""
+
+    def __init__(self, load: _Load, reconnect: Any) -> None:
+        self.load = load
+        self.reconnect = reconnect
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.sent_at: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send_next()
+
+    def send_next(self) -> None:
+        req = self.load.take()
+        if req is None:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self.sent_at = time.perf_counter()
+        self.transport.write(req)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[: end + 2])
+        m = _CONTENT_LENGTH.search(head)
+        length = int(m.group(1)) if m else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        latency = time.perf_counter() - (self.sent_at or 0.0)
+        status = int(head[9:12])
+        del self.buf[: end + 4 + length]
+        self.sent_at = None
+        self.load.finish_one(status, latency)
+        if _CONNECTION_CLOSE.search(head):
+            self.transport.close()  # type: ignore[union-attr]
+            self.reconnect()
+        else:
+            self.send_next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sent_at is not None:  # the server hung up on a request in flight
+            self.sent_at = None
+            self.load.finish_one(None, None)
+            self.reconnect()
+
+
+async def _drive(port: int, requests: list[bytes], concurrency: int, timeout: float) -> dict[str, Any]:
+    """Send every request over `concurrency` connections; latencies and statuses when all are answered."""
+    loop = asyncio.get_running_loop()
+    load = _Load(requests, loop)
+    if not requests:
+        return {"latencies": [], "statuses": {}, "errors": 0, "elapsed": 0.0, "timed_out": False}
+    reconnects = 0
+
+    def reconnect() -> None:
+        nonlocal reconnects
+        if load.next < len(load.requests) and reconnects < 1000:
+            reconnects += 1
+            loop.create_task(connect())
+
+    async def connect() -> None:
+        try:
+            await loop.create_connection(lambda: _Sender(load, reconnect), HOST, port)
+        except OSError:
+            req = load.take()
+            if req is not None:
+                load.finish_one(None, None)
+                await asyncio.sleep(0.05)
+                reconnect()
+
+    start = time.perf_counter()
+    for _ in range(min(concurrency, len(requests))):
+        loop.create_task(connect())
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.shield(load.done), timeout)
+    except TimeoutError:
+        timed_out = True
+    elapsed = time.perf_counter() - start
+    return {
+        "latencies": load.latencies,
+        "statuses": load.statuses,
+        "errors": load.errors,
+        "elapsed": elapsed,
+        "timed_out": timed_out,
+        "reconnects": reconnects,
+    }
+
+
+def _loadgen_main() -> None:
+    """The load generator process: build and sign every request first, then warm up, then measure."""
+    spec = json.loads(sys.stdin.read())
+    rng = random.Random(spec["first_seq"])
+    host_header = f"{HOST}:{spec['port']}"
+
+    def build(first: int, n: int) -> list[bytes]:
+        out = []
+        for seq in range(first, first + n):
+            sender = sender_number(rng.randrange(spec["senders"]), spec["sender_base"])
+            params = inbound_sms_params(seq, sender, OUR_NUMBERS[seq % len(OUR_NUMBERS)], rng, spec["salt"])
+            out.append(signed_post(spec["path"], params, host_header))
+        return out
+
+    warm = build(spec["first_seq"], spec["warmup"])
+    measured = build(spec["first_seq"] + spec["warmup"], spec["count"])
+    warm_result = asyncio.run(_drive(spec["port"], warm, spec["concurrency"], spec["timeout"]))
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = asyncio.run(_drive(spec["port"], measured, spec["concurrency"], spec["timeout"]))
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    result["loadgen_cpu_s"] = cpu
+    result["warmup_statuses"] = warm_result["statuses"]
+    json.dump(result, sys.stdout)
+
+
+# --- RQ ----------------------------------------------------------------------------------------------
+
+
+def noop() -> None:
+    """A job that does nothing: what is left of a job's time is RQ's own round trip."""
+    return None
+
+
+def _simpleworker_main(redis_url: str, queue: str) -> None:
+    """RQ's non-forking SimpleWorker on one queue, until SIGTERM."""
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    connection = Redis.from_url(redis_url)
+    SimpleWorker([Queue(queue, connection=connection)], connection=connection).work(
+        with_scheduler=False, logging_level="WARNING"
+    )
+
+
+def rq_noop_round_trips(
+    bench: Bench, redis_url: str, n: int, warmup: int = 20, timeout: float = 30.0
+) -> list[float]:
+    """Seconds from enqueue to result for `n` no-op jobs, one at a time, through a SimpleWorker process."""
+    from redis import Redis
+    from rq import Queue
+
+    queue_name = "bench-noop"
+    proc = bench.children.start(
+        "rq-simpleworker",
+        [sys.executable, str(Path(__file__).resolve()), "simpleworker", redis_url, queue_name],
+        child_env(),
+    )
+    connection = Redis.from_url(redis_url)
+    queue = Queue(queue_name, connection=connection)
+    deadline = time.monotonic() + timeout
+    samples: list[float] = []
+    try:
+        for i in range(warmup + n):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                break
+            start = time.perf_counter()
+            job = queue.enqueue("_harness.noop", result_ttl=60)
+            # Blocks on the job's result stream (XREAD BLOCK): no polling interval in the figure.
+            result = job.latest_result(timeout=10)
+            elapsed = time.perf_counter() - start
+            if result is not None and i >= warmup:
+                samples.append(elapsed)
+    finally:
+        bench.children.stop(proc)
+        connection.close()
+    return samples
+
+
+def format_ms(value: float | None) -> str:
+    """'12.3 ms' (or '-' when missing)."""
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def table(rows: Iterable[Sequence[str]], widths: Sequence[int]) -> str:
+    """Rows of cells, left-aligned first column, right-aligned others."""
+    lines = []
+    for row in rows:
+        cells = [f"{row[0]:<{widths[0]}}"] + [f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=False)]
+        lines.append(" ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "loadgen":
+        _loadgen_main()
+    elif command == "simpleworker":
+        _simpleworker_main(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit(__doc__)
