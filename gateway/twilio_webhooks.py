@@ -1,5 +1,279 @@
-"""Twilio-facing webhooks: inbound SMS/MMS and message status callbacks."""
+"""Twilio-facing webhooks: inbound SMS/MMS and message status callbacks.
 
-from flask import Blueprint
+Inbound, top to bottom: verify the signature (gateway/signature.py), read the form, record the
+message with its chat and contact in one transaction (gateway/sessions.py), apply STOP/START/HELP
+(gateway/keywords.py), queue the agent's reply on RQ, answer TwiML at once. Nothing here calls
+the model or Twilio's REST API while Twilio waits. Status callbacks go to gateway/statuses.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flask import Blueprint, Response, current_app, request
+from peewee import IntegrityError
+from redis.exceptions import RedisError
+from twilio.twiml.messaging_response import MessagingResponse
+
+from .agents import DEFAULT_HELP_MESSAGE
+from .keywords import Keyword, match_keyword
+from .models import Message, MessageStatus, ReplyState, Role, utcnow
+from .queue import enqueue_reply, retry_policy
+from .sessions import (
+    contact_state,
+    set_contact_opt_out,
+    sms_session,
+    touch_chat,
+    write_transaction,
+)
+from .signature import twilio_signature_required
+from .statuses import (
+    UNSUBSCRIBED_RECIPIENT,
+    map_twilio_status,
+    message_exists,
+    opt_out_on_error,
+    record_status,
+)
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("twilio", __name__, url_prefix="/twilio")
+
+# What Twilio expects when we have nothing to say: an empty <Response/> (built once).
+EMPTY_TWIML = str(MessagingResponse())
+TWIML_MIMETYPE = "text/xml"
+# Twilio attaches at most 10 media to an MMS; more MediaUrlN fields than that are not Twilio's.
+MAX_MEDIA = 10
+# Column sizes (gateway/models.py): longer values are not Twilio's and would fail on PostgreSQL.
+MAX_NUMBER_LEN = 20
+MAX_SID_LEN = 64
+
+
+class InvalidWebhook(ValueError):
+    """A webhook form that lacks what Twilio always sends; the message is the reason."""
+
+
+class DuplicateMessage(Exception):
+    """This MessageSid is recorded already (Twilio retried, or someone replayed the request)."""
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """The parts of Twilio's inbound message webhook the gateway uses; the rest is ignored."""
+
+    sid: str
+    from_number: str  # the person
+    to_number: str  # our Twilio number
+    body: str
+    media: list[dict[str, str]] = field(default_factory=list)
+    opt_out_type: str | None = None  # STOP/START/HELP when Twilio's Advanced Opt-Out matched
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording an inbound message decided."""
+
+    message_id: int
+    chat_id: str
+    reply_state: ReplyState
+    keyword: Keyword | None
+    retry_attempts: int
+    retry_delay: float
+    help_message: str | None
+
+
+def twiml(response: MessagingResponse | None = None) -> Response:
+    """A TwiML answer: the empty `<Response/>` unless a response is given."""
+    return Response(EMPTY_TWIML if response is None else str(response), mimetype=TWIML_MIMETYPE)
+
+
+def bad_request(reason: str) -> Response:
+    """A 400 whose body says, in a sentence, what was wrong."""
+    return Response(reason + "\n", status=400, mimetype="text/plain")
+
+
+def parse_inbound(form: Mapping[str, str]) -> InboundSms:
+    """Read Twilio's inbound message form; raise InvalidWebhook when its basics are missing."""
+    sid = (form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or "").strip()
+    from_number = (form.get("From") or "").strip()
+    to_number = (form.get("To") or "").strip()
+    missing = [
+        name for name, value in (("MessageSid", sid), ("From", from_number), ("To", to_number)) if not value
+    ]
+    if missing:
+        raise InvalidWebhook(f"missing {', '.join(missing)}: not a Twilio message webhook")
+    if len(sid) > MAX_SID_LEN:
+        raise InvalidWebhook(f"MessageSid is longer than {MAX_SID_LEN} characters")
+    for name, value in (("From", from_number), ("To", to_number)):
+        if len(value) > MAX_NUMBER_LEN:
+            raise InvalidWebhook(f"{name} is longer than {MAX_NUMBER_LEN} characters: not a phone number")
+    body = form.get("Body") or ""
+    if "\x00" in body:  # PostgreSQL text cannot hold NUL
+        body = body.replace("\x00", "")
+    return InboundSms(
+        sid=sid,
+        from_number=from_number,
+        to_number=to_number,
+        body=body,
+        media=parse_media(form),
+        opt_out_type=form.get("OptOutType") or None,
+    )
+
+
+def parse_media(form: Mapping[str, str]) -> list[dict[str, str]]:
+    """The MMS attachments (NumMedia, MediaUrlN, MediaContentTypeN) as [{url, content_type}]."""
+    raw = form.get("NumMedia") or "0"
+    try:
+        count = int(raw)
+    except ValueError:
+        log.warning("twilio sms: NumMedia %r is not a number; reading no media", raw)
+        return []
+    media = []
+    for index in range(min(max(count, 0), MAX_MEDIA)):
+        url = form.get(f"MediaUrl{index}")
+        if url:
+            media.append({"url": url, "content_type": form.get(f"MediaContentType{index}") or ""})
+    return media
+
+
+def decide_reply(keyword: Keyword | None, opted_out: bool) -> ReplyState:
+    """Whether the agent answers: not to keywords, not to a person who opted out."""
+    if keyword is not None or opted_out:
+        return ReplyState.NONE
+    return ReplyState.PENDING
+
+
+def record_inbound(sms: InboundSms) -> Recorded:
+    """Record an inbound message with its chat and contact in one transaction.
+
+    Raises DuplicateMessage when the MessageSid is recorded already: the unique twilio_sid
+    refuses the second insert and the whole transaction (a chat it may have opened, too) rolls back.
+    """
+    now = utcnow()
+    keyword = match_keyword(sms.body, sms.opt_out_type)
+    our, theirs = sms.to_number, sms.from_number
+    try:
+        with write_transaction():
+            contact = contact_state(our, theirs)
+            session = sms_session(our, theirs, now)
+            reply_state = decide_reply(keyword, contact.opted_out)
+            message_id = Message.insert(
+                chat=session.chat_id,
+                role=Role.USER.value,
+                content=sms.body,
+                media=sms.media,
+                twilio_sid=sms.sid,
+                status=MessageStatus.RECEIVED.value,
+                from_number=theirs,
+                to_number=our,
+                reply_state=reply_state.value,
+                created_at=now,
+                updated_at=now,
+            ).execute()
+            if keyword is Keyword.STOP and not contact.opted_out:
+                set_contact_opt_out(contact.id, True, now)
+            elif keyword is Keyword.START and contact.opted_out:
+                set_contact_opt_out(contact.id, False, now)
+            if not session.created:
+                touch_chat(session.chat_id, now)
+    except IntegrityError:
+        if message_exists(sms.sid):
+            raise DuplicateMessage(sms.sid) from None
+        raise
+    return Recorded(
+        message_id=message_id,
+        chat_id=session.chat_id,
+        reply_state=reply_state,
+        keyword=keyword,
+        retry_attempts=session.retry_attempts,
+        retry_delay=session.retry_delay,
+        help_message=session.help_message,
+    )
+
+
+def queue_reply(recorded: Recorded) -> None:
+    """Put the reply job on RQ; when Redis is unreachable, log it: the pending sweep re-queues."""
+    queue = current_app.task_queue  # type: ignore[attr-defined]
+    if queue is None:
+        log.error("twilio sms: no Redis configured; message %s waits for the sweep", recorded.message_id)
+        return
+    try:
+        enqueue_reply(
+            queue,
+            chat_id=recorded.chat_id,
+            message_id=recorded.message_id,
+            retry=retry_policy(recorded.retry_attempts, recorded.retry_delay),
+            check_existing=False,
+        )
+    except RedisError as exc:
+        log.error(
+            "twilio sms: could not queue the reply to message %s (%s); it stays pending for the sweep",
+            recorded.message_id,
+            exc,
+        )
+
+
+@bp.post("/sms")
+@twilio_signature_required
+def inbound_sms() -> Response:
+    """Twilio's inbound SMS/MMS webhook: record, queue the reply, answer TwiML at once."""
+    try:
+        sms = parse_inbound(request.form)
+    except InvalidWebhook as exc:
+        log.warning("twilio sms: rejected a webhook: %s", exc)
+        return bad_request(str(exc))
+    try:
+        recorded = record_inbound(sms)
+    except DuplicateMessage:
+        log.info("twilio sms: %s is recorded already; not answering twice", sms.sid)
+        return twiml()
+    if recorded.reply_state is ReplyState.PENDING:
+        queue_reply(recorded)
+    elif recorded.keyword is Keyword.HELP:
+        # TwiML, not the REST API: Twilio sends it as the answer to this request.
+        response = MessagingResponse()
+        response.message(recorded.help_message or DEFAULT_HELP_MESSAGE)
+        return twiml(response)
+    return twiml()
+
+
+@bp.post("/status")
+@twilio_signature_required
+def status_callback() -> Response:
+    """Twilio's message status callback: record the status unless the message is past it."""
+    form = request.form
+    sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
+    twilio_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip()
+    if not sid or not twilio_status:
+        reason = "missing MessageSid or MessageStatus: this does not look like a Twilio status callback"
+        log.warning("twilio status: rejected a callback: %s", reason)
+        return bad_request(reason)
+    error_code = (form.get("ErrorCode") or "").strip() or None
+    status = map_twilio_status(twilio_status)
+    if status is None:
+        log.info("twilio status: %s reported %r, which is not a delivery state; ignored", sid, twilio_status)
+    elif not record_status(
+        sid, status, error_code=error_code, error_message=form.get("ErrorMessage") or None
+    ) and not message_exists(sid):
+        # 200 all the same: an error status makes Twilio retry a callback we can never place.
+        log.warning("twilio status: no message has sid %s (status %s)", sid, twilio_status)
+    if error_code == UNSUBSCRIBED_RECIPIENT:
+        our, theirs = _outbound_numbers(sid, form)
+        opt_out_on_error(error_code, our, theirs)
+    return twiml()
+
+
+def _outbound_numbers(sid: str, form: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(our number, the recipient) of an outbound message: from the callback, else from its row."""
+    our, theirs = form.get("From"), form.get("To")
+    if our and theirs:
+        return our, theirs
+    row = (
+        Message.select(Message.from_number, Message.to_number)
+        .where(Message.twilio_sid == sid)
+        .tuples()
+        .first()
+    )
+    return row if row else (None, None)

@@ -1,0 +1,179 @@
+"""Where a number pair becomes a chat: the ongoing SMS chat and the contact of (our number, theirs).
+
+Identity is the database's job: `Chat.ongoing_pair` is unique, and so is (our_number,
+phone_number) on `Contact`. Each lookup reads first (one indexed SELECT: the common case) and only
+inserts on a miss, inside a savepoint, falling back to the row another request inserted first when
+the insert hits the unique index. Call these inside `write_transaction()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from peewee import IntegrityError
+
+from . import db
+from .agents import inbound_agent_for
+from .db import database
+from .models import Agent, Chat, ChatType, Contact, new_id, utcnow
+
+
+@dataclass(frozen=True)
+class SmsSession:
+    """The ongoing SMS chat of a number pair, with what the webhook needs of its agent."""
+
+    chat_id: str
+    agent_id: str
+    retry_attempts: int
+    retry_delay: float
+    help_message: str | None
+    created: bool  # True when this call opened the chat
+
+
+@dataclass(frozen=True)
+class ContactState:
+    """A person's contact row for one of our numbers: its id and opt-out flag."""
+
+    id: int
+    opted_out: bool
+    created: bool
+
+
+def write_transaction():
+    """A transaction that reads then writes: SQLite takes the write lock up front.
+
+    With a plain (deferred) BEGIN, two SQLite connections that both read before writing can
+    deadlock, and one fails at once with "database is locked" instead of waiting for the other;
+    BEGIN IMMEDIATE makes them queue on busy_timeout. PostgreSQL needs nothing special.
+    """
+    return database.atomic(lock_type="IMMEDIATE") if db.is_sqlite() else database.atomic()
+
+
+def pair_key(our_number: str, their_number: str) -> str:
+    """The `Chat.ongoing_pair` value of a number pair."""
+    return f"{our_number}|{their_number}"
+
+
+_SESSION_COLUMNS = (
+    Chat.chat_id,
+    Agent.agent_id,
+    Agent.retry_attempts,
+    Agent.retry_delay,
+    Agent.help_message,
+)
+
+
+def _find_session(pair: str) -> SmsSession | None:
+    """The ongoing chat of `pair` joined with its agent's settings, in one SELECT."""
+    row = (
+        Chat.select(*_SESSION_COLUMNS)
+        .join(Agent, on=(Chat.agent == Agent.agent_id))
+        .where(Chat.ongoing_pair == pair)
+        .tuples()
+        .first()
+    )
+    return SmsSession(*row, created=False) if row else None
+
+
+def sms_session(our_number: str, their_number: str, now: datetime | None = None) -> SmsSession:
+    """The ongoing SMS chat between our number and theirs, opened (race-safely) if there is none.
+
+    A new chat is answered by `inbound_agent_for(our_number)`. Two first messages arriving at
+    once open one chat: the loser of the insert race reads the winner's chat.
+    """
+    pair = pair_key(our_number, their_number)
+    found = _find_session(pair)
+    if found is not None:
+        return found
+    agent = inbound_agent_for(our_number)
+    now = now or utcnow()
+    chat_id = new_id("chat")
+    try:
+        with database.atomic():  # a savepoint: a failed insert leaves the outer transaction usable
+            Chat.insert(
+                chat_id=chat_id,
+                agent=agent.agent_id,
+                chat_type=ChatType.SMS.value,
+                from_number=our_number,
+                to_number=their_number,
+                ongoing_pair=pair,
+                start_timestamp=now,
+                last_activity_at=now,
+            ).execute()
+    except IntegrityError:
+        found = _find_session(pair)
+        if found is None:  # the unique index refused us for another reason: let it be seen
+            raise
+        return found
+    return SmsSession(
+        chat_id=chat_id,
+        agent_id=agent.agent_id,
+        retry_attempts=agent.retry_attempts,
+        retry_delay=agent.retry_delay,
+        help_message=agent.help_message,
+        created=True,
+    )
+
+
+def touch_chat(chat_id: str, now: datetime) -> None:
+    """Record activity in a chat now (silence timers count from here)."""
+    Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id).execute()
+
+
+def _find_contact(our_number: str, their_number: str) -> tuple[int, bool] | None:
+    """(id, opted_out) of the contact row, or None."""
+    return (
+        Contact.select(Contact.id, Contact.opted_out)
+        .where((Contact.our_number == our_number) & (Contact.phone_number == their_number))
+        .tuples()
+        .first()
+    )
+
+
+def contact_state(our_number: str, their_number: str) -> ContactState:
+    """The contact row of a person texting our number, created race-safely on first contact."""
+    row = _find_contact(our_number, their_number)
+    if row is not None:
+        return ContactState(id=row[0], opted_out=bool(row[1]), created=False)
+    try:
+        with database.atomic():
+            contact_id = Contact.insert(our_number=our_number, phone_number=their_number).execute()
+    except IntegrityError:
+        row = _find_contact(our_number, their_number)
+        if row is None:
+            raise
+        return ContactState(id=row[0], opted_out=bool(row[1]), created=False)
+    return ContactState(id=contact_id, opted_out=False, created=True)
+
+
+def set_contact_opt_out(contact_id: int, opted_out: bool, now: datetime | None = None) -> None:
+    """Opt a known contact out (True) or back in (False)."""
+    Contact.update(
+        opted_out=opted_out,
+        opted_out_at=(now or utcnow()) if opted_out else None,
+    ).where(Contact.id == contact_id).execute()
+
+
+def set_opted_out(our_number: str, their_number: str, opted_out: bool = True) -> None:
+    """Opt a person out of (or back into) texts from our number, creating the contact if needed.
+
+    One upsert statement, so it is race-safe without a transaction; an opt-out already recorded
+    keeps its original time.
+    """
+    now = utcnow()
+    stamp = now if opted_out else None
+    (
+        Contact.insert(
+            our_number=our_number,
+            phone_number=their_number,
+            opted_out=opted_out,
+            opted_out_at=stamp,
+        )
+        .on_conflict(
+            conflict_target=[Contact.our_number, Contact.phone_number],
+            update={Contact.opted_out: opted_out, Contact.opted_out_at: stamp},
+            where=(Contact.opted_out != opted_out),
+        )
+        .execute()
+    )

@@ -1,0 +1,96 @@
+"""Message delivery statuses: Twilio's names mapped to ours, and recorded without moving back.
+
+Twilio reports a message's life as queued/accepted/scheduled -> sending -> sent ->
+delivered|undelivered|failed (and read, canceled, partially_delivered). We keep the states a user
+of the API acts on (`MessageStatus`): every step before Twilio handed the message to the carrier is
+"queued", "read" is "delivered", "canceled" is "failed". Callbacks arrive out of order, so a status
+is recorded only when it ranks higher than the stored one: nothing leaves a final state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .models import Message, MessageStatus, utcnow
+from .sessions import set_opted_out
+
+log = logging.getLogger(__name__)
+
+# Twilio's MessageStatus values -> ours.
+TWILIO_STATUSES: dict[str, MessageStatus] = {
+    "accepted": MessageStatus.QUEUED,
+    "scheduled": MessageStatus.QUEUED,
+    "queued": MessageStatus.QUEUED,
+    "sending": MessageStatus.QUEUED,
+    "sent": MessageStatus.SENT,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.DELIVERED,
+    "undelivered": MessageStatus.UNDELIVERED,
+    "partially_delivered": MessageStatus.UNDELIVERED,
+    "failed": MessageStatus.FAILED,
+    "canceled": MessageStatus.FAILED,
+}
+
+# The order statuses move in; equal ranks never replace each other.
+RANK: dict[MessageStatus, int] = {
+    MessageStatus.QUEUED: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.UNDELIVERED: 2,
+    MessageStatus.FAILED: 2,
+}
+FINAL_STATUSES = frozenset(status for status, rank in RANK.items() if rank == max(RANK.values()))
+
+# Twilio error 21610: the recipient replied STOP; Twilio refuses to message them from this number.
+UNSUBSCRIBED_RECIPIENT = "21610"
+
+
+def map_twilio_status(twilio_status: str | None) -> MessageStatus | None:
+    """Our status for a Twilio `MessageStatus`, or None when it is not an outbound delivery state."""
+    if not twilio_status:
+        return None
+    return TWILIO_STATUSES.get(twilio_status.strip().lower())
+
+
+def lower_statuses(status: MessageStatus) -> list[str]:
+    """The stored statuses that `status` may replace."""
+    return [s.value for s, rank in RANK.items() if rank < RANK[status]]
+
+
+def record_status(
+    twilio_sid: str,
+    status: MessageStatus,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Move the message with this sid to `status` unless it is already there or further on.
+
+    One conditional UPDATE, so concurrent callbacks cannot undo each other: the row changes only
+    while its status ranks lower. A NULL status (an outbound part Twilio has not answered for
+    yet) counts as lowest; inbound messages ("received") are never touched. True if it changed.
+    """
+    values: dict = {Message.status: status.value, Message.updated_at: utcnow()}
+    if error_code:
+        values[Message.error_code] = error_code
+    if error_message:
+        values[Message.error_message] = error_message
+    query = Message.update(values).where(
+        (Message.twilio_sid == twilio_sid)
+        & (Message.status.is_null() | Message.status.in_(lower_statuses(status)))
+    )
+    return query.execute() > 0
+
+
+def message_exists(twilio_sid: str) -> bool:
+    """True when a message with this Twilio sid is recorded."""
+    return Message.select(Message.id).where(Message.twilio_sid == twilio_sid).exists()
+
+
+def opt_out_on_error(error_code: str | None, our_number: str | None, phone_number: str | None) -> bool:
+    """Mark the recipient opted out when Twilio refused to text them (21610); True if so."""
+    if error_code != UNSUBSCRIBED_RECIPIENT or not our_number or not phone_number:
+        return False
+    set_opted_out(our_number, phone_number, True)
+    log.info("twilio status: %s opted out of %s (error 21610)", phone_number, our_number)
+    return True
