@@ -106,6 +106,9 @@ class Agent(BaseModel):
     is_default = BooleanField(default=False, index=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Set by DELETE /v1/agents/{id}: ended chats keep pointing at the agent (their history
+    # stays readable), but the API no longer lists it and no new chat can use it.
+    deleted_at = DateTimeField(null=True)
 
 
 class PhoneNumber(BaseModel):

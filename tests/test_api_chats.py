@@ -1,0 +1,229 @@
+"""The /v1 chats API: start, read, list, tag, end, and completions against the loopback model."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.models import Chat, ChatType, Message, Role
+from tests.conftest import GATEWAY_API_KEY
+
+AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
+CHAT_KEYS = {
+    "chat_id",
+    "agent_id",
+    "chat_type",
+    "chat_status",
+    "user_id",
+    "from_number",
+    "to_number",
+    "metadata",
+    "dynamic_variables",
+    "start_timestamp",
+    "end_timestamp",
+    "end_reason",
+    "chat_analysis",
+}
+
+
+def new_agent(client, **fields) -> str:
+    """Create an agent; its id."""
+    response = client.post("/v1/agents", json=fields, headers=AUTH)
+    assert response.status_code == 201, response.json
+    return response.json["agent_id"]
+
+
+def new_chat(client, **fields) -> dict:
+    """Start an API chat (with the default agent unless told); the chat."""
+    fields.setdefault("agent_id", "agent_default")
+    response = client.post("/v1/chats", json=fields, headers=AUTH)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+# --- create, read ----------------------------------------------------------------------------------
+
+
+def test_create_and_read_a_chat(client):
+    metadata = {"crm": {"id": 42, "tags": ["a", "b"]}, "note": "ünïcode ✓", "n": None, "f": 1.5}
+    chat = new_chat(client, user_id="user-1", metadata=metadata, dynamic_variables={"name": "Ada"})
+    assert set(chat) == CHAT_KEYS | {"messages", "usage"}
+    assert chat["chat_id"].startswith("chat_")
+    assert chat["agent_id"] == "agent_default"
+    assert chat["chat_type"] == "api_chat"
+    assert chat["chat_status"] == "ongoing"
+    assert chat["user_id"] == "user-1"
+    assert chat["metadata"] == metadata
+    assert chat["dynamic_variables"] == {"name": "Ada"}
+    assert chat["start_timestamp"].endswith("Z") and "T" in chat["start_timestamp"]
+    assert chat["end_timestamp"] is None and chat["end_reason"] is None
+    assert chat["from_number"] is None and chat["to_number"] is None
+    assert chat["messages"] == []
+    assert chat["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert chat["chat_analysis"] is None
+
+    fetched = client.get(f"/v1/chats/{chat['chat_id']}", headers=AUTH).json
+    assert fetched == chat
+
+
+def test_messages_come_back_in_order_with_sms_fields(client):
+    chat_id = new_chat(client)["chat_id"]
+    Message.create(chat=chat_id, role=Role.USER.value, content="first", status="received")
+    Message.create(
+        chat=chat_id,
+        role=Role.AGENT.value,
+        content="second",
+        status="undelivered",
+        error_code="30003",
+        media=[{"url": "https://example.test/a.jpg", "content_type": "image/jpeg"}],
+        prompt_tokens=10,
+        completion_tokens=3,
+    )
+    chat = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json
+    first, second = chat["messages"]
+    assert first["content"] == "first" and second["content"] == "second"
+    assert first["message_id"].startswith("msg_")
+    assert set(first) == {"message_id", "role", "content", "media", "created_at", "status", "error_code"}
+    assert second == {
+        "message_id": second["message_id"],
+        "role": "agent",
+        "content": "second",
+        "media": [{"url": "https://example.test/a.jpg", "content_type": "image/jpeg"}],
+        "created_at": second["created_at"],
+        "status": "undelivered",
+        "error_code": "30003",
+    }
+    assert chat["usage"] == {"prompt_tokens": 10, "completion_tokens": 3}
+
+
+def test_chat_analysis_is_returned_once_filled(client):
+    chat_id = new_chat(client)["chat_id"]
+    Chat.update(chat_analysis={"sentiment": "positive"}).where(Chat.chat_id == chat_id).execute()
+    assert client.get(f"/v1/chats/{chat_id}", headers=AUTH).json["chat_analysis"] == {"sentiment": "positive"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "agent_id"),
+        ({"agent_id": "agent_missing"}, "agent_id"),
+        ({"agent_id": 5}, "agent_id"),
+        ({"agent_id": "agent_default", "user_id": 5}, "user_id"),
+        ({"agent_id": "agent_default", "metadata": []}, "metadata"),
+        ({"agent_id": "agent_default", "metadata": "x"}, "metadata"),
+        ({"agent_id": "agent_default", "dynamic_variables": {"a": 1}}, "dynamic_variables.a"),
+        ({"agent_id": "agent_default", "dynamic_variables": []}, "dynamic_variables"),
+        ({"agent_id": "agent_default", "metadata": {"k": "nul\x00"}}, "metadata.k"),
+        ({"agent_id": "agent_default", "chat_type": "sms_chat"}, "chat_type"),
+    ],
+)
+def test_create_validation_names_the_field(client, body, field):
+    response = client.post("/v1/chats", json=body, headers=AUTH)
+    assert response.status_code == 422, response.json
+    assert response.json["error"]["field"] == field
+
+
+def test_unknown_chats_are_404(client):
+    for method, path in [
+        ("get", "/v1/chats/chat_nope"),
+        ("patch", "/v1/chats/chat_nope"),
+        ("post", "/v1/chats/chat_nope/end"),
+        ("post", "/v1/chats/chat_nope/completions"),
+        ("get", "/v1/chats/bad%00id"),
+    ]:
+        response = getattr(client, method)(path, headers=AUTH, json={"content": "hi"})
+        assert response.status_code == 404, (method, path)
+        assert response.json["error"]["code"] == "not_found"
+
+
+# --- patch, end ---------------------------------------------------------------------------------------
+
+
+def test_patch_replaces_metadata_untouched(client):
+    chat = new_chat(client, metadata={"a": 1})
+    metadata = {"nested": {"deep": [1, 2, {"x": None}]}, "big": 12345678901234567890, "emoji": "🙂"}
+    response = client.patch(f"/v1/chats/{chat['chat_id']}", json={"metadata": metadata}, headers=AUTH)
+    assert response.status_code == 200
+    assert response.json["metadata"] == metadata
+    assert client.get(f"/v1/chats/{chat['chat_id']}", headers=AUTH).json["metadata"] == metadata
+    for body, field in [({"metadata": None}, "metadata"), ({"user_id": "u"}, "user_id")]:
+        response = client.patch(f"/v1/chats/{chat['chat_id']}", json=body, headers=AUTH)
+        assert response.status_code == 422
+        assert response.json["error"]["field"] == field
+
+
+def test_end_a_chat(client):
+    chat_id = new_chat(client)["chat_id"]
+    response = client.post(f"/v1/chats/{chat_id}/end", headers=AUTH)
+    assert response.status_code == 200
+    chat = response.json
+    assert chat["chat_status"] == "ended"
+    assert chat["end_reason"] == "api"
+    assert chat["end_timestamp"].endswith("Z")
+    assert "messages" in chat
+    assert Chat.get_by_id(chat_id).ongoing_pair is None
+    response = client.post(f"/v1/chats/{chat_id}/end", headers=AUTH)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "chat_not_ongoing"
+
+
+def test_ending_an_sms_chat_frees_its_number_pair(client):
+    client.get("/v1/agents", headers=AUTH)  # creates the default agent
+    chat = Chat.create(
+        agent="agent_default",
+        chat_type=ChatType.SMS.value,
+        from_number="+14155550123",
+        to_number="+14155552671",
+        ongoing_pair="+14155550123|+14155552671",
+    )
+    response = client.post(f"/v1/chats/{chat.chat_id}/end", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json["from_number"] == "+14155550123"
+    assert Chat.get_by_id(chat.chat_id).ongoing_pair is None
+
+
+# --- list ------------------------------------------------------------------------------------------
+
+
+def test_list_filters_and_newest_first(client):
+    other = new_agent(client)
+    a = new_chat(client, user_id="u1")
+    b = new_chat(client, agent_id=other, user_id="u2")
+    c = new_chat(client, user_id="u1")
+    client.post(f"/v1/chats/{c['chat_id']}/end", headers=AUTH)
+
+    def ids(query=""):
+        response = client.get(f"/v1/chats{query}", headers=AUTH)
+        assert response.status_code == 200, response.json
+        return [item["chat_id"] for item in response.json["items"]]
+
+    assert ids() == [c["chat_id"], b["chat_id"], a["chat_id"]]
+    assert ids(f"?agent_id={other}") == [b["chat_id"]]
+    assert ids("?user_id=u1") == [c["chat_id"], a["chat_id"]]
+    assert ids("?chat_status=ended") == [c["chat_id"]]
+    assert ids("?chat_status=ongoing&agent_id=agent_default") == [a["chat_id"]]
+    assert ids("?chat_type=sms_chat") == []
+    assert ids("?chat_type=api_chat&user_id=u2") == [b["chat_id"]]
+    assert ids("?user_id=nobody") == []
+
+    listed = client.get("/v1/chats", headers=AUTH).json
+    assert listed["has_more"] is False and listed["pagination_key"] is None
+    assert set(listed["items"][0]) == CHAT_KEYS
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("chat_status=open", "chat_status"),
+        ("chat_type=voice", "chat_type"),
+        ("pagination_key=garbage!", "pagination_key"),
+        ("pagination_key=Zm9v", "pagination_key"),
+        ("user_id=" + "x" * 201, "user_id"),
+    ],
+)
+def test_list_query_validation(client, query, field):
+    response = client.get(f"/v1/chats?{query}", headers=AUTH)
+    assert response.status_code == 422, response.json
+    assert response.json["error"]["field"] == field
