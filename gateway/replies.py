@@ -1,0 +1,486 @@
+"""Where an inbound SMS gets its answer: prompt, model, plain text, parts, Twilio, in that order.
+
+`answer_message` is the whole reply to one inbound message, in phases that each hold a database
+connection only briefly (none while the model or Twilio is being waited on):
+
+1. read: the message, its chat and agent; skip it when it no longer needs an answer;
+2. if a previous attempt already stored the reply's parts (and died while sending), go to 4;
+3. ask the model about every pending message of the chat (this one, and any that arrived
+   since: a burst of texts gets one answer), then store the reply's parts in ONE transaction,
+   before anything is sent;
+4. send each part that has no Twilio SID yet, storing each SID as soon as Twilio answers;
+5. mark the inbound messages the reply covers `answered`.
+
+Because the parts are stored before the first send and a part with a SID is never sent again,
+a crash anywhere repeats at most the one send whose SID was not stored yet (see SEND_LEASE).
+Failures are recorded on the messages and re-raised, so RQ sees them (and retries transient ones).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from . import db, llm
+from .config import Settings
+from .db import database
+from .errors import PermanentError, TransientError, is_opted_out
+from .models import (
+    Agent,
+    Chat,
+    ChatStatus,
+    ChatType,
+    Contact,
+    Message,
+    MessageStatus,
+    ReplyState,
+    Role,
+    utcnow,
+)
+from .prompt import build_messages
+from .text import split_sms, to_plain_text
+from .twilio_client import send_sms
+
+log = logging.getLogger(__name__)
+
+# A part marked `sending` (claimed by an attempt that is talking to Twilio) with no SID yet is
+# taken over by another attempt only after this long: longer than one Twilio call may take, so
+# the first attempt has either stored the SID or died by then.
+SEND_LEASE = timedelta(seconds=90)
+# Twilio's first answer for messages sent through a Messaging Service; ours is "queued".
+_TWILIO_STATUS_ALIASES = {"accepted": MessageStatus.QUEUED.value, "scheduled": MessageStatus.QUEUED.value}
+_KNOWN_STATUSES = {s.value for s in MessageStatus} | {"sending"}
+# At most this many waiting texts are answered by one reply (the rest get the next one).
+MAX_COVERED = 50
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    """What one attempt did: `answered`, `skipped` (nothing to do) or `opted_out`."""
+
+    outcome: str
+    message_id: int
+    parts_sent: int = 0
+    covered: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Who the reply goes to (read once, so later phases need no lazy loads)."""
+
+    chat_id: str
+    our_number: str
+    their_number: str
+
+
+def write_transaction():
+    """A read-then-write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+    return database.atomic(lock_type="IMMEDIATE") if db.is_sqlite() else database.atomic()
+
+
+def status_callback_url(settings: Settings) -> str | None:
+    """Where Twilio reports delivery of our parts, when the gateway knows its public origin."""
+    return f"{settings.public_base_url.rstrip('/')}/twilio/status" if settings.public_base_url else None
+
+
+def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = True) -> ReplyOutcome:
+    """Answer inbound message `message_id` (and the pending ones before it) exactly once.
+
+    Raises TransientError to be retried; on the `last_attempt` a transient failure is recorded
+    as the messages' failure first. PermanentError is recorded, then raised.
+    """
+    covered: list[int] = [message_id]
+    sent = 0
+    try:
+        # Usually one turn; a second when this attempt first finished an older stored reply that
+        # did not cover this message.
+        while True:
+            with database.connection_context():
+                message = Message.get_or_none(Message.id == message_id)
+                if message is None or message.reply_state != ReplyState.PENDING.value:
+                    return ReplyOutcome("answered" if sent else "skipped", message_id, sent, tuple(covered))
+                chat = Chat.get_by_id(message.chat_id)
+                agent = Agent.get_by_id(chat.agent_id)
+                if chat.chat_type != ChatType.SMS.value or not (chat.from_number and chat.to_number):
+                    raise PermanentError("Only SMS chats are answered by SMS.", "not_sms_chat")
+                target = _Target(chat.chat_id, chat.from_number, chat.to_number)
+                # Every text of the chat still waiting gets one answer, newer ones included:
+                # a burst of texts is answered as one, and their own jobs find them answered.
+                covered = _pending_ids(target.chat_id)
+                newest = max(covered, default=message_id)
+                if _opted_out(target):
+                    _set_reply_state(covered, ReplyState.NONE)
+                    return ReplyOutcome("opted_out", message_id, covered=tuple(covered))
+                anchor = _stored_reply_anchor(target.chat_id)
+                if anchor is None:
+                    prompt = build_messages(chat, agent, settings, upto_message_id=newest)
+
+            if anchor is None:
+                # No connection is held while the model thinks.
+                completion = llm.complete(
+                    settings,
+                    model=agent.model or settings.openai_model,
+                    messages=prompt,
+                    temperature=agent.temperature,
+                )
+                parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
+                if not parts:
+                    raise TransientError(
+                        "The model's answer was empty once formatted for SMS.", "empty_response"
+                    )
+                anchor = _store_parts(target, newest, parts, completion)
+                if anchor is None:  # answered by another attempt meanwhile
+                    return ReplyOutcome("skipped", message_id)
+
+            with database.connection_context():
+                covered = _pending_ids(target.chat_id, upto=anchor)
+            sent += _send_unsent_parts(settings, target, anchor)
+            with database.connection_context():
+                _set_reply_state(covered, ReplyState.ANSWERED)
+            if anchor >= message_id:
+                return ReplyOutcome("answered", message_id, sent, tuple(covered))
+    except PermanentError as exc:
+        _record_failure(covered, exc)
+        raise
+    except TransientError as exc:
+        if last_attempt:
+            _record_failure(covered, exc)
+        raise
+    except Exception as exc:  # a bug or a database outage: RQ sees it; the last attempt records it
+        if last_attempt:
+            _record_failure(covered, PermanentError(f"Internal error: {exc!r}"[:500], "internal_error"))
+        raise
+
+
+def _pending_ids(chat_id: str, *, upto: int | None = None) -> list[int]:
+    """Ids of the chat's inbound messages still waiting for an answer (up to `upto`), oldest first."""
+    query = Message.select(Message.id).where(
+        (Message.chat == chat_id) & (Message.reply_state == ReplyState.PENDING.value)
+    )
+    if upto is not None:
+        query = query.where(Message.id <= upto)
+    return [row.id for row in query.order_by(Message.id).limit(MAX_COVERED)]
+
+
+def _stored_reply_anchor(chat_id: str) -> int | None:
+    """The inbound message a stored-but-unfinished reply answers, if a previous attempt stored one.
+
+    That is an agent part whose `reply_to` is still pending: the reply text exists, so the model
+    is not asked again; only the parts without a SID are sent.
+    """
+    pending = Message.select(Message.id).where(
+        (Message.chat == chat_id) & (Message.reply_state == ReplyState.PENDING.value)
+    )
+    row = (
+        Message.select(Message.reply_to)
+        .where((Message.role == Role.AGENT.value) & Message.reply_to.in_(pending))
+        .order_by(Message.reply_to.desc())
+        .first()
+    )
+    return row.reply_to_id if row else None
+
+
+def _store_parts(
+    target: _Target, message_id: int, parts: list[str], completion: llm.Completion
+) -> int | None:
+    """Store the reply's parts in one transaction; return the message they answer.
+
+    The chat row is written first: that serialises attempts on one chat (a row lock on
+    PostgreSQL, the write lock on SQLite), so two attempts cannot both store a reply. If another
+    attempt stored one meanwhile, ours is dropped and that one is sent instead.
+    """
+    now = utcnow()
+    with database.connection_context(), write_transaction():
+        Chat.update(last_activity_at=now).where(Chat.chat_id == target.chat_id).execute()
+        existing = _stored_reply_anchor(target.chat_id)
+        if existing is not None:
+            return existing
+        state = Message.select(Message.reply_state).where(Message.id == message_id).scalar()
+        if state != ReplyState.PENDING.value:
+            return None
+        rows = [
+            {
+                "chat": target.chat_id,
+                "role": Role.AGENT.value,
+                "content": text,
+                "status": MessageStatus.QUEUED.value,
+                "from_number": target.our_number,
+                "to_number": target.their_number,
+                "reply_to": message_id,
+                "part_index": index,
+                "prompt_tokens": completion.prompt_tokens if index == 0 else None,
+                "completion_tokens": completion.completion_tokens if index == 0 else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for index, text in enumerate(parts)
+        ]
+        Message.insert_many(rows).execute()
+    return message_id
+
+
+def _send_unsent_parts(settings: Settings, target: _Target, anchor: int) -> int:
+    """Send, in order, each part of the reply to `anchor` that has no SID; return how many."""
+    with database.connection_context():
+        parts = list(
+            Message.select(Message.id, Message.content, Message.part_index, Message.twilio_sid)
+            .where((Message.reply_to == anchor) & (Message.role == Role.AGENT.value))
+            .order_by(Message.part_index, Message.id)
+        )
+    callback = status_callback_url(settings)
+    sent = 0
+    for index, part in enumerate(parts):
+        if part.twilio_sid:
+            continue
+        if not _claim(part.id):
+            with database.connection_context():
+                if Message.select(Message.twilio_sid).where(Message.id == part.id).scalar():
+                    continue  # another attempt sent it a moment ago
+            raise TransientError("Another attempt is sending this reply right now.", "reply_in_progress")
+        try:
+            sid, status = send_sms(
+                settings,
+                from_=target.our_number,
+                to=target.their_number,
+                body=part.content,
+                status_callback=callback,
+            )
+        except PermanentError as exc:
+            _fail_parts([p.id for p in parts[index:] if not p.twilio_sid], exc)
+            if is_opted_out(exc):
+                _mark_opted_out(target)
+            raise
+        except Exception:
+            _unclaim(part.id)  # let the next attempt send it at once
+            raise
+        with database.connection_context():
+            Message.update(
+                twilio_sid=sid,
+                status=_our_status(status),
+                updated_at=utcnow(),
+            ).where(Message.id == part.id).execute()
+        sent += 1
+    return sent
+
+
+def _claim(part_id: int) -> bool:
+    """Mark a part `sending` unless another live attempt holds it; True when this attempt may send."""
+    now = utcnow()
+    with database.connection_context():
+        return bool(
+            Message.update(status="sending", updated_at=now)
+            .where(
+                (Message.id == part_id)
+                & Message.twilio_sid.is_null()
+                & (
+                    (Message.status == MessageStatus.QUEUED.value)
+                    | ((Message.status == "sending") & (Message.updated_at < now - SEND_LEASE))
+                )
+            )
+            .execute()
+        )
+
+
+def _unclaim(part_id: int) -> None:
+    """Give a claimed part back after a failed send (best effort: the lease expires anyway)."""
+    try:
+        with database.connection_context():
+            Message.update(status=MessageStatus.QUEUED.value, updated_at=utcnow()).where(
+                (Message.id == part_id) & Message.twilio_sid.is_null() & (Message.status == "sending")
+            ).execute()
+    except Exception:
+        log.warning("could not release the claim on part %s", part_id, exc_info=True)
+
+
+def _our_status(twilio_status: str | None) -> str:
+    """Twilio's status of a just-created message, in our vocabulary."""
+    status = (twilio_status or MessageStatus.QUEUED.value).lower()
+    status = _TWILIO_STATUS_ALIASES.get(status, status)
+    return status if status in _KNOWN_STATUSES else MessageStatus.QUEUED.value
+
+
+def _fail_parts(part_ids: list[int], error: Exception) -> None:
+    """Record that these parts will never be sent, with the error that stopped them."""
+    if not part_ids:
+        return
+    code, reason = _code_reason(error)
+    with database.connection_context():
+        Message.update(
+            status=MessageStatus.FAILED.value, error_code=code, error_message=reason, updated_at=utcnow()
+        ).where(Message.id.in_(part_ids) & Message.twilio_sid.is_null()).execute()
+
+
+def _record_failure(message_ids: list[int], error: Exception) -> None:
+    """Give up on these inbound messages: reply_state failed, with the error; unsent parts fail too."""
+    code, reason = _code_reason(error)
+    log.warning("reply to messages %s failed for good: [%s] %s", message_ids, code, reason)
+    try:
+        with database.connection_context(), database.atomic():
+            Message.update(
+                reply_state=ReplyState.FAILED.value,
+                error_code=code,
+                error_message=reason,
+                updated_at=utcnow(),
+            ).where(Message.id.in_(message_ids) & (Message.reply_state == ReplyState.PENDING.value)).execute()
+            Message.update(
+                status=MessageStatus.FAILED.value, error_code=code, error_message=reason, updated_at=utcnow()
+            ).where(
+                Message.reply_to.in_(message_ids)
+                & (Message.role == Role.AGENT.value)
+                & Message.twilio_sid.is_null()
+            ).execute()
+    except Exception:  # the original error is re-raised by the caller; do not mask it
+        log.exception("could not record the failure of messages %s", message_ids)
+
+
+def _code_reason(error: Exception) -> tuple[str, str]:
+    """The (error_code, error_message) stored for an error."""
+    code = getattr(error, "code", None) or type(error).__name__
+    reason = getattr(error, "reason", None) or str(error)
+    return str(code)[:16], reason
+
+
+def _set_reply_state(message_ids: list[int], state: ReplyState) -> None:
+    """Move pending inbound messages to `state`."""
+    if message_ids:
+        Message.update(reply_state=state.value, updated_at=utcnow()).where(
+            Message.id.in_(message_ids) & (Message.reply_state == ReplyState.PENDING.value)
+        ).execute()
+
+
+def _opted_out(target: _Target) -> bool:
+    """True when the person opted out of texts from this number."""
+    return (
+        Contact.select(Contact.opted_out)
+        .where((Contact.our_number == target.our_number) & (Contact.phone_number == target.their_number))
+        .scalar()
+        is True
+    )
+
+
+def _mark_opted_out(target: _Target) -> None:
+    """Twilio says the person opted out (21610): remember it so we stop answering."""
+    now = utcnow()
+    with database.connection_context(), write_transaction():
+        updated = (
+            Contact.update(opted_out=True, opted_out_at=now)
+            .where((Contact.our_number == target.our_number) & (Contact.phone_number == target.their_number))
+            .execute()
+        )
+        if not updated:
+            Contact.insert(
+                our_number=target.our_number,
+                phone_number=target.their_number,
+                opted_out=True,
+                opted_out_at=now,
+                created_at=now,
+            ).on_conflict_ignore().execute()
+
+
+# --- ending silent chats --------------------------------------------------------------------
+
+# Chats ended per agent per run, so one run stays short however many chats went quiet at once.
+CLOSE_BATCH = 500
+
+
+def close_silent_chats(settings: Settings, now: datetime | None = None) -> int:
+    """End ongoing chats silent for longer than their agent's `end_chat_after_silence_ms`.
+
+    Each chat is ended by a conditional UPDATE (still ongoing, still silent), so a message that
+    arrives meanwhile keeps its chat open, and two sweeps never end (or close-message) one chat
+    twice. SMS chats whose agent has an `auto_close_message` get it by SMS. Returns how many
+    chats were ended.
+    """
+    now = now or utcnow()
+    ended = 0
+    with database.connection_context():
+        agents = list(Agent.select(Agent.agent_id, Agent.end_chat_after_silence_ms, Agent.auto_close_message))
+    for agent in agents:
+        if not agent.end_chat_after_silence_ms or agent.end_chat_after_silence_ms <= 0:
+            continue
+        cutoff = now - timedelta(milliseconds=agent.end_chat_after_silence_ms)
+        with database.connection_context():
+            chats = list(
+                Chat.select(Chat.chat_id, Chat.chat_type, Chat.from_number, Chat.to_number)
+                .where(
+                    (Chat.agent == agent.agent_id)
+                    & (Chat.chat_status == ChatStatus.ONGOING.value)
+                    & (Chat.last_activity_at < cutoff)
+                )
+                .order_by(Chat.last_activity_at)
+                .limit(CLOSE_BATCH)
+            )
+        for chat in chats:
+            if _end_chat(chat.chat_id, cutoff, now):
+                ended += 1
+                if agent.auto_close_message and chat.chat_type == ChatType.SMS.value and chat.to_number:
+                    _send_auto_close(settings, chat, agent.auto_close_message)
+    return ended
+
+
+def _end_chat(chat_id: str, cutoff: datetime, now: datetime) -> bool:
+    """End one chat for inactivity if it is still ongoing and silent; True when this call ended it."""
+    with database.connection_context():
+        return bool(
+            Chat.update(
+                chat_status=ChatStatus.ENDED.value,
+                end_timestamp=now,
+                end_reason="inactivity",
+                ongoing_pair=None,
+            )
+            .where(
+                (Chat.chat_id == chat_id)
+                & (Chat.chat_status == ChatStatus.ONGOING.value)
+                & (Chat.last_activity_at < cutoff)
+            )
+            .execute()
+        )
+
+
+def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
+    """Record and send the agent's closing text; a failure is recorded on that message, not raised.
+
+    The chat is already ended and this runs from a periodic sweep: raising would only hide the
+    other chats' closings behind one person's bad number.
+    """
+    target = _Target(chat.chat_id, chat.from_number, chat.to_number)
+    with database.connection_context():
+        if _opted_out(target):
+            return
+        now = utcnow()
+        with write_transaction():
+            ids = []
+            for index, body in enumerate(split_sms(text)):
+                ids.append(
+                    Message.insert(
+                        chat=chat.chat_id,
+                        role=Role.AGENT.value,
+                        content=body,
+                        status="sending",
+                        from_number=target.our_number,
+                        to_number=target.their_number,
+                        part_index=index,
+                        created_at=now,
+                        updated_at=now,
+                    ).execute()
+                )
+    for index, (part_id, body) in enumerate(zip(ids, split_sms(text), strict=True)):
+        try:
+            sid, status = send_sms(
+                settings,
+                from_=target.our_number,
+                to=target.their_number,
+                body=body,
+                status_callback=status_callback_url(settings),
+            )
+        except (PermanentError, TransientError) as exc:
+            log.warning("closing message for chat %s not sent: %s", chat.chat_id, exc)
+            _fail_parts(ids[index:], exc)
+            if is_opted_out(exc):
+                _mark_opted_out(target)
+            return
+        with database.connection_context():
+            Message.update(twilio_sid=sid, status=_our_status(status), updated_at=utcnow()).where(
+                Message.id == part_id
+            ).execute()

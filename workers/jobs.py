@@ -1,0 +1,206 @@
+"""RQ job functions, enqueued by dotted path: the reply to a message and the periodic sweeps.
+
+The jobs are thin: the reply logic lives in gateway/replies.py. Jobs run in threads of one
+worker process (workers/pool.py), so everything here is thread-safe: the settings come from
+workers.context, the model and Twilio clients are built once per process, and each database
+phase opens and closes its own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from redis import Redis
+from rq import Queue, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.utils import current_timestamp
+from rq.worker import Worker
+
+from gateway import db, replies
+from gateway.config import Settings
+from gateway.db import database
+from gateway.errors import PermanentError
+from gateway.models import Agent, Chat, Message, ReplyState, Role, utcnow
+from gateway.queue import LIVE_STATES, connect_redis, enqueue_reply, queue_name, reply_job_id, retry_policy
+
+from .context import get_settings
+
+log = logging.getLogger(__name__)
+
+# A pending message younger than this is left to the webhook's own enqueue (which may be a
+# moment behind the database commit); older ones with no live job are enqueued by the sweep.
+SWEEP_MIN_AGE = timedelta(seconds=10)
+# Older than this, a text is not answered any more: a reply days late confuses more than it helps.
+SWEEP_MAX_AGE = timedelta(days=2)
+# Messages looked at per sweep run (oldest first); the next run takes the rest.
+SWEEP_BATCH = 500
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, Redis] = {}
+
+
+def reply_to_message(message_id: int) -> dict:
+    """Answer inbound SMS `message_id`; RQ retries transient failures, never permanent ones."""
+    settings = _settings()
+    job = get_current_job()
+    # RQ retries while retries_left > 0; with none left (or no Retry at all) this is the last try.
+    last_attempt = job is None or not job.retries_left
+    try:
+        outcome = replies.answer_message(settings, message_id, last_attempt=last_attempt)
+    except PermanentError:
+        if job is not None:
+            # handle_job_failure reads this very Job object: with no retries left it records the
+            # job FAILED (with the traceback) instead of scheduling another attempt.
+            job.retries_left = 0
+        raise
+    return {
+        "outcome": outcome.outcome,
+        "message_id": outcome.message_id,
+        "parts_sent": outcome.parts_sent,
+        "covered": list(outcome.covered),
+    }
+
+
+def close_silent_chats() -> int:
+    """End chats silent for longer than their agent allows (sending its closing text); how many."""
+    return replies.close_silent_chats(_settings())
+
+
+def sweep_unanswered(min_age_seconds: float | None = None) -> int:
+    """Enqueue the reply to every pending inbound message whose reply job is not live; how many.
+
+    This answers messages recorded while Redis was down (the webhook could not enqueue), and
+    messages whose job was lost: failed for good in RQ's eyes, deleted, or abandoned by a worker
+    that was killed (see `_job_is_live`).
+    """
+    settings = _settings()
+    connection = _redis(settings)
+    queue = Queue(queue_name(settings), connection=connection)
+    min_age = SWEEP_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
+    now = utcnow()
+    with database.connection_context():
+        rows = list(
+            Message.select(Message.id, Chat.chat_id, Agent.retry_attempts, Agent.retry_delay)
+            .join(Chat, on=(Message.chat == Chat.chat_id))
+            .join(Agent, on=(Chat.agent == Agent.agent_id))
+            .where(
+                (Message.reply_state == ReplyState.PENDING.value)
+                & (Message.role == Role.USER.value)
+                & (Message.created_at <= now - min_age)
+                & (Message.created_at >= now - SWEEP_MAX_AGE)
+            )
+            .order_by(Message.id)
+            .limit(SWEEP_BATCH)
+            .tuples()
+        )
+    enqueued = 0
+    for message_id, chat_id, attempts, delay in rows:
+        if _job_is_live(connection, reply_job_id(message_id)):
+            continue
+        job = enqueue_reply(
+            queue,
+            chat_id=chat_id,
+            message_id=message_id,
+            retry=retry_policy(attempts, delay),
+            check_existing=True,
+        )
+        if job is not None:
+            enqueued += 1
+            log.info("sweep: enqueued the reply to unanswered message %s", message_id)
+    return enqueued
+
+
+def _job_is_live(connection: Redis, job_id: str) -> bool:
+    """True when the job will still run; a dead job is cleared so it can be enqueued afresh.
+
+    A job STARTED by a worker that is known to be dead (same host, its process is gone) is handed
+    to RQ's own abandoned-job handling right away, instead of waiting up to ~90 s for its
+    heartbeat to expire: RQ then retries it (if it has retries left) or fails it. A failed,
+    stopped, canceled or finished job of a message that is still pending is deleted (which
+    also removes it from RQ's registries) so the same job id can be enqueued again.
+    """
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED and _worker_is_dead(connection, job):
+        log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
+        _expire_abandoned(connection, job)
+        try:
+            job = Job.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            return False
+        status = job.get_status(refresh=False)
+    if status in LIVE_STATES:
+        return True
+    job.delete()
+    return False
+
+
+def _worker_is_dead(connection: Redis, job: Job) -> bool:
+    """True when the worker running `job` is certainly gone (else RQ's heartbeat expiry decides).
+
+    Certain means: its registration expired, or it ran on this host and its process no longer
+    exists (or a newer worker on this host now has its pid, as after a container restart).
+    """
+    if not job.worker_name:
+        return False
+    key = Worker.redis_worker_namespace_prefix + job.worker_name
+    hostname, pid, death = (
+        v.decode() if isinstance(v, bytes) else v for v in connection.hmget(key, "hostname", "pid", "death")
+    )
+    if hostname is None and pid is None:
+        return True  # the registration expired: no heartbeat for minutes
+    if death:
+        return True  # it shut down; a job still STARTED under it is not running
+    if hostname != socket.gethostname() or not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a process with that pid exists under another user
+    for other in Worker.all(connection=connection):
+        if other.name != job.worker_name and other.hostname == hostname and str(other.pid) == pid:
+            return True  # the pid was reused by a newer worker: ours is gone
+    return False
+
+
+def _expire_abandoned(connection: Redis, job: Job) -> None:
+    """Let RQ's StartedJobRegistry.cleanup treat the job's executions as expired (abandoned)."""
+    registry = StartedJobRegistry(job.origin, connection=connection)
+    prefix = f"{job.id}:".encode()
+    members = [m for m in connection.zrange(registry.key, 0, -1) if m.startswith(prefix)]
+    if members:
+        connection.zadd(registry.key, dict.fromkeys(members, 0), xx=True)
+    registry.cleanup(timestamp=current_timestamp())
+
+
+def _settings() -> Settings:
+    """The process's settings, with the database opened if nobody opened it yet."""
+    settings = get_settings()
+    if database.obj is None:
+        db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
+    return settings
+
+
+def _redis(settings: Settings) -> Redis:
+    """The running job's Redis connection, else one client per process for REDIS_URL."""
+    job = get_current_job()
+    if job is not None:
+        return job.connection
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set")
+    with _redis_lock:
+        client = _redis_clients.get(settings.redis_url)
+        if client is None:
+            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
+        return client
