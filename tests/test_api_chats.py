@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from gateway.models import Chat, ChatType, Message, Role
@@ -227,3 +229,229 @@ def test_list_query_validation(client, query, field):
     response = client.get(f"/v1/chats?{query}", headers=AUTH)
     assert response.status_code == 422, response.json
     assert response.json["error"]["field"] == field
+
+
+# --- completions ----------------------------------------------------------------------------------
+
+
+def complete(client, chat_id: str, content: str = "hello"):
+    """POST a completion; the response."""
+    return client.post(f"/v1/chats/{chat_id}/completions", json={"content": content}, headers=AUTH)
+
+
+def test_completion_round_trip(client, fake_model):
+    agent_id = new_agent(
+        client,
+        system_prompt="You help {{name}}.",
+        model="fake-model-large",
+        temperature=0.2,
+        retry_attempts=0,
+    )
+    chat_id = new_chat(client, agent_id=agent_id, dynamic_variables={"name": "Ada"})["chat_id"]
+    response = complete(client, chat_id, "hello there")
+    assert response.status_code == 200, response.json
+    (message,) = response.json["messages"]
+    assert message["role"] == "agent"
+    assert message["content"] == "Echo: hello there"
+    assert message["message_id"].startswith("msg_")
+    assert message["status"] is None
+
+    (request,) = fake_model.requests
+    assert request["model"] == "fake-model-large"
+    assert request["temperature"] == 0.2
+    assert request["messages"] == [
+        {"role": "system", "content": "You help Ada."},
+        {"role": "user", "content": "hello there"},
+    ]
+
+    complete(client, chat_id, "again")
+    assert fake_model.requests[-1]["messages"][1:] == [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "Echo: hello there"},
+        {"role": "user", "content": "again"},
+    ]
+    chat = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json
+    assert [(m["role"], m["content"]) for m in chat["messages"]] == [
+        ("user", "hello there"),
+        ("agent", "Echo: hello there"),
+        ("user", "again"),
+        ("agent", "Echo: again"),
+    ]
+    # The fake counts a token per word: (3 + 2) + (3 + 2 + 3 + 1) prompt, 3 + 2 completion.
+    assert chat["usage"] == {"prompt_tokens": 14, "completion_tokens": 5}
+
+
+def test_the_default_model_answers_when_the_agent_names_none(client, fake_model):
+    chat_id = new_chat(client)["chat_id"]
+    assert complete(client, chat_id).status_code == 200
+    assert fake_model.requests[0]["model"] == "fake-model"
+    assert "temperature" not in fake_model.requests[0]
+
+
+def test_transient_failures_are_retried(client, fake_model):
+    agent_id = new_agent(client, retry_attempts=2, retry_delay=0)
+    chat_id = new_chat(client, agent_id=agent_id)["chat_id"]
+    fake_model.fail_next(503, times=2)
+    response = complete(client, chat_id)
+    assert response.status_code == 200
+    assert response.json["messages"][0]["content"] == "Echo: hello"
+    assert len(fake_model.requests) == 3
+
+
+def test_exhausted_retries_are_502_and_keep_the_user_message(client, fake_model):
+    agent_id = new_agent(client, retry_attempts=1, retry_delay=0)
+    chat_id = new_chat(client, agent_id=agent_id)["chat_id"]
+    fake_model.fail_next(429, times=5)
+    response = complete(client, chat_id, "are you there?")
+    assert response.status_code == 502
+    assert response.json["error"]["code"] == "model_error"
+    assert len(fake_model.requests) == 2
+    messages = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "are you there?")]
+
+
+def test_permanent_failures_are_not_retried(client, fake_model):
+    agent_id = new_agent(client, retry_attempts=5, retry_delay=0)
+    chat_id = new_chat(client, agent_id=agent_id)["chat_id"]
+    fake_model.fail_next(404)
+    response = complete(client, chat_id)
+    assert response.status_code == 502
+    assert len(fake_model.requests) == 1
+
+
+def test_retry_sleeps_double_with_jitter_and_are_capped():
+    from gateway.api.completions import MAX_RETRY_SLEEP, retry_sleep
+
+    for attempt in range(4):
+        assert 0.75 * 2**attempt <= retry_sleep(1.0, attempt) <= 1.25 * 2**attempt
+    assert retry_sleep(100.0, 3) == MAX_RETRY_SLEEP
+    assert retry_sleep(0.0, 5) == 0
+
+
+def test_no_database_connection_is_held_while_the_model_answers(client, fake_model, monkeypatch):
+    from gateway.api import completions
+    from gateway.db import database
+
+    seen = []
+    real = completions.llm.complete
+
+    def spy(*args, **kwargs):
+        seen.append(database.is_closed())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(completions.llm, "complete", spy)
+    chat_id = new_chat(client)["chat_id"]
+    assert complete(client, chat_id).status_code == 200
+    assert seen == [True]
+
+
+def test_completions_need_an_ongoing_api_chat(client, fake_model):
+    chat_id = new_chat(client)["chat_id"]
+    client.post(f"/v1/chats/{chat_id}/end", headers=AUTH)
+    response = complete(client, chat_id)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "chat_not_ongoing"
+
+    sms = Chat.create(agent="agent_default", chat_type=ChatType.SMS.value, to_number="+14155552671")
+    response = complete(client, sms.chat_id)
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "not_an_api_chat"
+    assert fake_model.requests == []
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"content": ""}, {"content": "   "}, {"content": 5}, {"content": "x", "role": "agent"}]
+)
+def test_completion_body_is_validated(client, fake_model, body):
+    chat_id = new_chat(client)["chat_id"]
+    response = client.post(f"/v1/chats/{chat_id}/completions", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json["error"]["field"] in {"content", "role"}
+    assert fake_model.requests == []
+
+
+def _complete_concurrently(app, chat_id: str, count: int) -> list:
+    """`count` completions in one chat at once, each from its own thread; their responses."""
+    responses: list = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait()
+        responses[i] = complete(app.test_client(), chat_id, f"message {i}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return responses
+
+
+def test_max_concurrent_invocations_refuses_the_extra_one(app, client, fake_model, monkeypatch):
+    from gateway.api import completions
+
+    monkeypatch.setattr(completions, "SLOT_WAIT_SECONDS", 0.2)
+    chat_id = new_chat(client, agent_id=new_agent(client, max_concurrent_invocations=1))["chat_id"]
+    gate = threading.Event()
+
+    def responder(body):
+        gate.wait(20)
+        return "slow answer"
+
+    fake_model.responder = responder
+
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(complete(app.test_client(), chat_id, "first")))
+    first.start()
+    fake_model.wait_for_requests(1)
+    second = complete(client, chat_id, "second")
+    gate.set()
+    first.join(timeout=30)
+    assert second.status_code == 409
+    assert second.json["error"]["code"] == "too_many_invocations"
+    assert results[0].status_code == 200
+    assert fake_model.max_in_flight == 1
+    # The refused message was not recorded.
+    messages = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json["messages"]
+    assert [m["content"] for m in messages] == ["first", "slow answer"]
+    # The slot is free again.
+    assert complete(client, chat_id, "third").status_code == 200
+
+
+def test_a_waiting_completion_runs_once_a_slot_frees(app, client, fake_model):
+    chat_id = new_chat(client, agent_id=new_agent(client, max_concurrent_invocations=1))["chat_id"]
+    fake_model.latency = 0.2
+    responses = _complete_concurrently(app, chat_id, 3)
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert fake_model.max_in_flight == 1
+    messages = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json["messages"]
+    assert [m["role"] for m in messages] == ["user", "agent"] * 3
+
+
+def test_several_slots_run_side_by_side(app, client, fake_model):
+    chat_id = new_chat(client, agent_id=new_agent(client, max_concurrent_invocations=2))["chat_id"]
+    gate = threading.Event()
+
+    def responder(body):
+        gate.wait(20)
+        return "done"
+
+    fake_model.responder = responder
+    runner = threading.Thread(target=lambda: _complete_concurrently(app, chat_id, 2))
+    runner.start()
+    fake_model.wait_for_requests(2)  # both are at the model at once
+    gate.set()
+    runner.join(timeout=30)
+    assert fake_model.max_in_flight == 2
+
+
+def test_redis_down_is_503(client, fake_model, redis_server):
+    chat_id = new_chat(client)["chat_id"]
+    redis_server.stop()
+    try:
+        response = complete(client, chat_id)
+    finally:
+        redis_server.start()
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "unavailable"
+    assert fake_model.requests == []

@@ -1,0 +1,174 @@
+"""POST /v1/chats/{chat_id}/completions: the user's turn in, the agent's answer out, synchronously.
+
+Three phases, each with its own database connection, so none is held while waiting for a slot
+or for the model (which can take seconds): take a slot, record the user's message and build the
+prompt, ask the model (retrying transient failures with the agent's backoff), record the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from flask import current_app, jsonify
+from redis import RedisError
+
+from .. import llm, prompt
+from ..config import Settings
+from ..db import database
+from ..errors import GatewayError, TransientError
+from ..models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
+from . import bp
+from .chats import get_chat_or_404
+from .concurrency import Semaphore, SlotsBusy
+from .errors import ApiError, conflict, invalid_field
+from .serializers import message_json
+from .validation import Field, json_body, string, validate
+
+log = logging.getLogger(__name__)
+
+FIELDS: dict[str, Field] = {"content": Field(string(min_length=1, max_length=32_000), required=True)}
+
+# Seconds a completion waits for a free slot when `max_concurrent_invocations` are running.
+SLOT_WAIT_SECONDS = 10.0
+# One retry sleep is at most this long, and all of a request's sleeps together at most the
+# budget: the caller is holding an HTTP request open.
+MAX_RETRY_SLEEP = 10.0
+RETRY_SLEEP_BUDGET = 30.0
+# Added to a slot's lease beyond the longest a completion can take.
+LEASE_MARGIN = 30.0
+
+
+def retry_sleep(retry_delay: float, attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (0-based): doubling, ±25% jitter, capped."""
+    base = max(retry_delay, 0.0) * (2**attempt)
+    return min(MAX_RETRY_SLEEP, base * random.uniform(0.75, 1.25))
+
+
+def complete_with_retries(settings: Settings, agent: Agent, messages: list[dict]) -> llm.Completion:
+    """The model's answer; TransientError retried `agent.retry_attempts` times, PermanentError not."""
+    slept = 0.0
+    attempt = 0
+    while True:
+        try:
+            return llm.complete(
+                settings,
+                model=agent.model or settings.openai_model,
+                messages=messages,
+                temperature=agent.temperature,
+            )
+        except TransientError as exc:
+            if attempt >= agent.retry_attempts:
+                raise
+            delay = retry_sleep(agent.retry_delay, attempt)
+            if slept + delay > RETRY_SLEEP_BUDGET:
+                raise
+            log.info("model failed (%s); retry %d in %.2fs", exc, attempt + 1, delay)
+            time.sleep(delay)
+            slept += delay
+            attempt += 1
+
+
+def slot_lease(settings: Settings, agent: Agent) -> float:
+    """How long one completion can hold its slot: every attempt timing out, every sleep taken."""
+    return (agent.retry_attempts + 1) * settings.model_timeout + RETRY_SLEEP_BUDGET + LEASE_MARGIN
+
+
+def check_can_complete(chat: Chat) -> None:
+    """409 unless the chat is an ongoing API chat."""
+    if chat.chat_status != ChatStatus.ONGOING.value:
+        raise conflict("chat_not_ongoing", f"The chat is {chat.chat_status}; start a new chat.")
+    if chat.chat_type != ChatType.API.value:
+        raise conflict("not_an_api_chat", "This chat is answered over SMS; completions are for API chats.")
+
+
+def record_user_turn(chat_id: str, content: str, settings: Settings, agent: Agent) -> tuple[Message, list]:
+    """Store the user's message (the chat must still be ongoing) and build the prompt after it."""
+    with database.connection_context():
+        chat = get_chat_or_404(chat_id)
+        check_can_complete(chat)
+        now = utcnow()
+        with database.atomic():
+            user_message = Message.create(
+                chat=chat.chat_id, role=Role.USER.value, content=content, created_at=now, updated_at=now
+            )
+            Chat.update(last_activity_at=now).where(Chat.chat_id == chat.chat_id).execute()
+        return user_message, prompt.build_messages(chat, agent, settings)
+
+
+def record_agent_turn(chat_id: str, user_message: Message, completion: llm.Completion) -> Message:
+    """Store the agent's answer with what it cost."""
+    with database.connection_context():
+        now = utcnow()
+        with database.atomic():
+            message = Message.create(
+                chat=chat_id,
+                role=Role.AGENT.value,
+                content=completion.text,
+                reply_to=user_message.id,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                created_at=now,
+                updated_at=now,
+            )
+            Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id).execute()
+        return message
+
+
+def run_completion(chat_id: str, content: str, settings: Settings, agent: Agent) -> Message:
+    """Record the user's turn, ask the model, record and return the answer (502 when it fails)."""
+    user_message, messages = record_user_turn(chat_id, content, settings, agent)
+    try:
+        completion = complete_with_retries(settings, agent, messages)
+    except GatewayError as exc:
+        log.warning("completion for %s failed: %s", chat_id, exc)
+        raise ApiError(
+            502,
+            "model_error",
+            f"The model did not answer: {exc.reason} The user's message is recorded.",
+        ) from exc
+    return record_agent_turn(chat_id, user_message, completion)
+
+
+@bp.post("/chats/<chat_id>/completions")
+def create_completion(chat_id: str):
+    """Add the user's message to an API chat and answer with the agent's new message(s)."""
+    data = validate(json_body(), FIELDS)
+    if not data["content"].strip():
+        raise invalid_field("content", "must not be blank")
+    chat = get_chat_or_404(chat_id)
+    check_can_complete(chat)
+    agent = Agent.get_by_id(chat.agent_id)
+    settings: Settings = current_app.config["SETTINGS"]
+    database.close()  # nothing is held while we wait for a slot or for the model
+
+    redis = current_app.redis  # type: ignore[attr-defined]
+    if redis is None:  # no Redis configured: nothing to count slots with
+        message = run_completion(chat.chat_id, data["content"], settings, agent)
+        return jsonify(messages=[message_json(message)])
+
+    semaphore = Semaphore(
+        redis,
+        f"{settings.queue_prefix}:completions:{chat.chat_id}",
+        limit=agent.max_concurrent_invocations,
+        lease=slot_lease(settings, agent),
+    )
+    try:
+        token = semaphore.acquire(SLOT_WAIT_SECONDS)
+    except SlotsBusy:
+        raise conflict(
+            "too_many_invocations",
+            f"{agent.max_concurrent_invocations} completion(s) are already running in this chat "
+            f"(the agent's max_concurrent_invocations); none finished within {SLOT_WAIT_SECONDS:g}s.",
+        ) from None
+    except RedisError as exc:
+        raise ApiError(503, "unavailable", f"Redis did not answer: {exc}") from exc
+    try:
+        message = run_completion(chat.chat_id, data["content"], settings, agent)
+    finally:
+        try:
+            semaphore.release(token)
+        except RedisError:  # the lease ends on its own
+            log.warning("could not release completion slot of %s", chat.chat_id)
+    return jsonify(messages=[message_json(message)])
