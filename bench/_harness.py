@@ -337,9 +337,12 @@ def run_load(
     senders: int,
     sender_base: int = 2_000_000,
     salt: str = "bench",
+    max_seconds: float = 30.0,
     timeout: float = 60.0,
 ) -> dict[str, Any]:
     """Send `warmup` then `count` signed inbound-SMS webhooks from `concurrency` keep-alive senders.
+
+    Each of the two phases starts no request after `max_seconds` (a slow target sends fewer).
 
     Runs in a separate process, so the generator's CPU is its own and its timing is not disturbed
     by the benchmark's threads. Returns latencies (seconds) of the measured requests, the measured
@@ -355,13 +358,14 @@ def run_load(
         "senders": senders,
         "sender_base": sender_base,
         "salt": salt,
+        "max_seconds": max_seconds,
         "timeout": timeout,
     }
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "loadgen"],
         input=json.dumps(spec).encode(),
         capture_output=True,
-        timeout=timeout + 60,
+        timeout=2 * timeout + 30,
         env=child_env(),
         cwd=str(BENCH_DIR),
     )
@@ -373,20 +377,26 @@ def run_load(
 class _Load:
     """One batch of pre-built requests shared by the sender connections of one event loop."""
 
-    def __init__(self, requests: list[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, requests: list[bytes], loop: asyncio.AbstractEventLoop, stop_at: float) -> None:
         self.requests = requests
+        self.stop_at = stop_at  # perf_counter() after which no new request starts
         self.next = 0
+        self.in_flight = 0
         self.latencies: list[float] = []
         self.statuses: dict[str, int] = {}
         self.errors = 0
-        self.outstanding = len(requests)
         self.done = loop.create_future()
 
+    def exhausted(self) -> bool:
+        return self.next >= len(self.requests) or time.perf_counter() >= self.stop_at
+
     def take(self) -> bytes | None:
-        if self.next >= len(self.requests):
+        if self.exhausted():
+            self._check_done()
             return None
         req = self.requests[self.next]
         self.next += 1
+        self.in_flight += 1
         return req
 
     def finish_one(self, status: int | None, latency: float | None) -> None:
@@ -396,8 +406,11 @@ class _Load:
             self.latencies.append(latency)
         elif status is None:
             self.errors += 1
-        self.outstanding -= 1
-        if self.outstanding <= 0 and not self.done.done():
+        self.in_flight -= 1
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.in_flight <= 0 and self.exhausted() and not self.done.done():
             self.done.set_result(None)
 
 
@@ -455,17 +468,24 @@ class _Sender(asyncio.Protocol):
             self.reconnect()
 
 
-async def _drive(port: int, requests: list[bytes], concurrency: int, timeout: float) -> dict[str, Any]:
-    """Send every request over `concurrency` connections; latencies and statuses when all are answered."""
+async def _drive(
+    port: int, requests: list[bytes], concurrency: int, max_seconds: float, timeout: float
+) -> dict[str, Any]:
+    """Send the requests over `concurrency` connections, starting none after `max_seconds`.
+
+    Returns when every request started is answered (or after `timeout`): latencies, statuses,
+    how many were sent and the wall time from the first send to the last answer.
+    """
     loop = asyncio.get_running_loop()
-    load = _Load(requests, loop)
+    start = time.perf_counter()
+    load = _Load(requests, loop, start + max_seconds)
     if not requests:
-        return {"latencies": [], "statuses": {}, "errors": 0, "elapsed": 0.0, "timed_out": False}
+        return {"latencies": [], "statuses": {}, "errors": 0, "elapsed": 0.0, "timed_out": False, "sent": 0}
     reconnects = 0
 
     def reconnect() -> None:
         nonlocal reconnects
-        if load.next < len(load.requests) and reconnects < 1000:
+        if not load.exhausted() and reconnects < 1000:
             reconnects += 1
             loop.create_task(connect())
 
@@ -479,7 +499,6 @@ async def _drive(port: int, requests: list[bytes], concurrency: int, timeout: fl
                 await asyncio.sleep(0.05)
                 reconnect()
 
-    start = time.perf_counter()
     for _ in range(min(concurrency, len(requests))):
         loop.create_task(connect())
     timed_out = False
@@ -495,6 +514,8 @@ async def _drive(port: int, requests: list[bytes], concurrency: int, timeout: fl
         "elapsed": elapsed,
         "timed_out": timed_out,
         "reconnects": reconnects,
+        "sent": load.next,
+        "capped": load.next < len(load.requests),
     }
 
 
@@ -514,14 +535,57 @@ def _loadgen_main() -> None:
 
     warm = build(spec["first_seq"], spec["warmup"])
     measured = build(spec["first_seq"] + spec["warmup"], spec["count"])
-    warm_result = asyncio.run(_drive(spec["port"], warm, spec["concurrency"], spec["timeout"]))
+    conc, cap, timeout = spec["concurrency"], spec["max_seconds"], spec["timeout"]
+    warm_result = asyncio.run(_drive(spec["port"], warm, conc, cap, timeout))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    result = asyncio.run(_drive(spec["port"], measured, spec["concurrency"], spec["timeout"]))
+    result = asyncio.run(_drive(spec["port"], measured, conc, cap, timeout))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     result["loadgen_cpu_s"] = cpu
     result["warmup_statuses"] = warm_result["statuses"]
     json.dump(result, sys.stdout)
+
+
+class CpuMeter:
+    """Over one window: how busy the whole machine was, and how much of that was not us.
+
+    "Us" is this process, its children (the load generator, once reaped) and every live descendant
+    (gunicorn and its workers, Redis, the RQ worker). The rest is other people's work on a shared
+    machine: the noise the figures carry.
+    """
+
+    def __init__(self) -> None:
+        """Start the window now."""
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            import psutil
+        except ImportError:  # psutil comes with the test extras; without it, no noise figure
+            return None
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        me = psutil.Process()
+        mt = me.cpu_times()
+        ours = mt.user + mt.system + mt.children_user + mt.children_system
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                ct = child.cpu_times()
+                ours += ct.user + ct.system
+        return time.monotonic(), busy, ours
+
+    def stop(self) -> dict[str, float] | None:
+        """Shares of the machine's total CPU (all cores) over the window: busy, ours, others."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        capacity = (end[0] - self._start[0]) * (os.cpu_count() or 1)
+        if capacity <= 0:
+            return None
+        busy = (end[1] - self._start[1]) / capacity
+        ours = (end[2] - self._start[2]) / capacity
+        return {"busy": round(busy, 3), "ours": round(ours, 3), "others": round(max(busy - ours, 0.0), 3)}
 
 
 # --- RQ ----------------------------------------------------------------------------------------------
