@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
+from .memory import profile_section, summary_section
 from .models import Agent, Chat, Message, MessageStatus, Role
 
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
@@ -38,7 +39,9 @@ def system_prompt_section(chat: Chat, agent: Agent, settings: Settings) -> str |
     return text or None
 
 
-SYSTEM_SECTIONS: list[SystemSection] = [system_prompt_section]
+# The agent's prompt, then what memory adds (gateway/memory.py): the person's profile
+# (user_analysis_memory) and the chat's rolling summary (summary_memory), each headed.
+SYSTEM_SECTIONS: list[SystemSection] = [system_prompt_section, profile_section, summary_section]
 
 
 def build_messages(

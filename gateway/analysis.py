@@ -1,0 +1,287 @@
+"""Post-chat analysis: when a chat ends, the model sums it up and judges it, in the background.
+
+`schedule_analysis(queue, chat)` is called wherever a chat ends (POST /v1/chats/{id}/end, the
+silence auto-close, an SMS opt-out); the job (`workers.memory_jobs.analyze_chat`) reads a bounded
+view of the chat (its last ANALYSIS_MAX_MESSAGES messages, plus the rolling summary when older
+messages are left out), asks the model for one JSON object and stores it in `Chat.chat_analysis`:
+
+    {"chat_summary": str, "user_sentiment": "positive"|"neutral"|"negative"|null,
+     "chat_successful": bool|null, "custom_analysis_data": {<field name>: value|null},
+     "analyzed_at": ISO 8601 UTC, "messages_analyzed": int}
+
+`chat_successful` is judged against the agent's system prompt (its goal). GET /v1/chats/{id}
+returns the stored object.
+
+Custom fields (`Agent.analysis_fields`), a JSON list of objects:
+
+    {"name": "appointment_booked",            # required: letters, digits, _ (1-64), unique
+     "type": "boolean",                       # "string" (default), "number", "boolean" or "enum"
+     "description": "Did the person book?",   # optional: what the model should judge
+     "choices": ["morning", "afternoon"]}     # "enum" only: the allowed values (required there)
+
+`validate_analysis_fields` checks that shape strictly (for the API); the job reads fields leniently
+(`normalize_fields`), skipping ones it cannot use. A value that does not fit its type is stored as null.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job
+
+from . import llm
+from .config import Settings
+from .db import database
+from .errors import TransientError
+from .memory import LIVE_STATES, clip, job_status, job_token, model_for, parse_json_object, transcript
+from .models import Agent, Chat, Message, Role, utcnow
+from .prompt import fill_variables, recent_messages
+from .queue import retry_policy
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_JOB = "workers.memory_jobs.analyze_chat"
+ANALYSIS_JOB_TIMEOUT = 300
+ANALYSIS_MAX_MESSAGES = 100  # the newest messages the analysis reads
+SYSTEM_PROMPT_MAX_CHARS = 8000  # of the agent's system prompt shown to the analyst
+SENTIMENTS = ("positive", "neutral", "negative")
+FIELD_TYPES = ("string", "number", "boolean", "enum")
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_FIELDS = 50
+
+ANALYSIS_INSTRUCTIONS = (
+    "You analyse a conversation that has ended, between an assistant (an AI agent) and a person. "
+    "Answer with ONE JSON object and nothing else, with these keys:\n"
+    '- "chat_summary": what the conversation was about and how it ended, in at most 3 sentences;\n'
+    '- "user_sentiment": the person\'s overall sentiment, one of "positive", "neutral", "negative";\n'
+    '- "chat_successful": true when the conversation reached the goal the assistant\'s '
+    "instructions set (or, with no clear goal, when the person got what they came for), else false;\n"
+    '- "custom_analysis_data": an object with one key per custom field listed below (null when the '
+    "conversation does not tell)."
+)
+
+
+# --- custom fields ----------------------------------------------------------------------------------
+
+
+def validate_analysis_fields(value: Any) -> list[dict[str, Any]]:
+    """Check `analysis_fields` (shape in the module docstring); raise ValueError saying what is wrong."""
+    if not isinstance(value, list):
+        raise ValueError("analysis_fields must be an array of objects")
+    if len(value) > MAX_FIELDS:
+        raise ValueError(f"analysis_fields may hold at most {MAX_FIELDS} fields")
+    seen: set[str] = set()
+    fields = []
+    for index, item in enumerate(value):
+        where = f"analysis_fields[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not FIELD_NAME.match(name):
+            raise ValueError(f"{where}.name must be 1-64 letters, digits or _, not starting with a digit")
+        if name in seen:
+            raise ValueError(f"{where}.name {name!r} is used twice")
+        seen.add(name)
+        kind = item.get("type", "string")
+        if kind not in FIELD_TYPES:
+            raise ValueError(f"{where}.type must be one of {', '.join(FIELD_TYPES)}")
+        description = item.get("description", "")
+        if not isinstance(description, str) or len(description) > 2000:
+            raise ValueError(f"{where}.description must be a string of at most 2000 characters")
+        field: dict[str, Any] = {"name": name, "type": kind, "description": description}
+        choices = item.get("choices")
+        if kind == "enum":
+            if not (
+                isinstance(choices, list)
+                and choices
+                and all(isinstance(c, str) and c.strip() for c in choices)
+            ):
+                raise ValueError(f"{where}.choices must be a non-empty array of strings for an enum field")
+            field["choices"] = choices
+        elif choices is not None:
+            raise ValueError(f"{where}.choices is only allowed on enum fields")
+        fields.append(field)
+    return fields
+
+
+def normalize_fields(value: Any) -> list[dict[str, Any]]:
+    """The usable fields of a stored `analysis_fields` (lenient: bad entries are skipped, logged)."""
+    if not isinstance(value, list):
+        return []
+    fields = []
+    for item in value:
+        try:
+            fields.extend(validate_analysis_fields([item]))
+        except ValueError as exc:
+            log.warning("analysis: skipping a custom field: %s", exc)
+    return fields
+
+
+def coerce(value: Any, field: dict[str, Any]) -> Any:
+    """A model's value for a custom field in the field's type, or None when it does not fit."""
+    if value is None:
+        return None
+    kind = field["type"]
+    if kind == "boolean":
+        return as_bool(value)
+    if kind == "number":
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            return value
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else number
+    if kind == "enum":
+        text = str(value).strip().lower()
+        return next((choice for choice in field["choices"] if choice.strip().lower() == text), None)
+    return value if isinstance(value, str) else str(value)
+
+
+def as_bool(value: Any) -> bool | None:
+    """True/False from a JSON boolean or a yes/no word, else None."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "1"}:
+        return True
+    if text in {"false", "no", "0"}:
+        return False
+    return None
+
+
+# --- the request and its answer ---------------------------------------------------------------------
+
+
+def describe_fields(fields: list[dict[str, Any]]) -> str:
+    """The custom fields as lines the model reads."""
+    if not fields:
+        return "Custom fields: none (answer {} for custom_analysis_data)."
+    lines = ["Custom fields:"]
+    for field in fields:
+        kind = field["type"]
+        if kind == "enum":
+            kind = "one of " + ", ".join(f'"{c}"' for c in field["choices"])
+        description = f": {field['description']}" if field.get("description") else ""
+        lines.append(f'- "{field["name"]}" ({kind}){description}')
+    return "\n".join(lines)
+
+
+def analysis_request(
+    chat: Chat, agent: Agent, rows: list[Message], older_left_out: bool, fields: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """The model request for one chat's analysis: instructions, the agent's goal, the conversation."""
+    goal = clip(fill_variables(agent.system_prompt, chat.dynamic_variables), SYSTEM_PROMPT_MAX_CHARS)
+    system = (
+        f"{ANALYSIS_INSTRUCTIONS}\n\n{describe_fields(fields)}\n\n"
+        f"The assistant's instructions (its system prompt):\n<<<\n{goal or '(none)'}\n>>>"
+    )
+    parts = []
+    if older_left_out and chat.summary:
+        parts.append(f"Summary of the earlier part of the conversation:\n{chat.summary.strip()}")
+    label = f"The last {len(rows)} messages" if older_left_out else "The conversation"
+    parts.append(f"{label}, oldest first:\n{transcript(rows) or '(no messages)'}")
+    parts.append("Answer with the JSON object.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def parse_analysis(text: str, fields: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The stored analysis from the model's answer, or None when it holds no JSON object."""
+    answer = parse_json_object(text)
+    if answer is None:
+        return None
+    sentiment = str(answer.get("user_sentiment") or "").strip().lower()
+    custom = answer.get("custom_analysis_data")
+    custom = custom if isinstance(custom, dict) else {}
+    summary = answer.get("chat_summary")
+    return {
+        "chat_summary": clip(summary if isinstance(summary, str) else "", 2000),
+        "user_sentiment": sentiment if sentiment in SENTIMENTS else None,
+        "chat_successful": as_bool(answer.get("chat_successful")),
+        "custom_analysis_data": {f["name"]: coerce(custom.get(f["name"]), f) for f in fields},
+    }
+
+
+def timestamp() -> str:
+    """Now as ISO 8601 UTC with a Z."""
+    return utcnow().replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
+    """The analysis job: analyse one chat and store the result; returns it (None: nothing to do).
+
+    A chat in which the person never wrote is stored as such without a model call. An answer
+    with no JSON object raises TransientError, so RQ retries it.
+    """
+    with database.connection_context():
+        chat = Chat.get_or_none(Chat.chat_id == chat_id)
+        if chat is None:
+            return None
+        agent = Agent.get_by_id(chat.agent_id)
+        fields = normalize_fields(agent.analysis_fields)
+        rows = recent_messages(chat, ANALYSIS_MAX_MESSAGES + 1)
+        older_left_out = len(rows) > ANALYSIS_MAX_MESSAGES
+        rows = rows[-ANALYSIS_MAX_MESSAGES:]
+    if not any(row.role == Role.USER.value for row in rows):
+        result: dict[str, Any] = {
+            "chat_summary": "The chat ended before the person wrote anything.",
+            "user_sentiment": None,
+            "chat_successful": False,
+            "custom_analysis_data": {f["name"]: None for f in fields},
+        }
+    else:
+        if not settings.model_configured:
+            return None  # the offline responder cannot analyse
+        request = analysis_request(chat, agent, rows, older_left_out, fields)
+        completion = llm.complete(settings, model=model_for(agent, settings), messages=request)
+        parsed = parse_analysis(completion.text, fields)
+        if parsed is None:
+            raise TransientError("The model's analysis was not a JSON object.", "invalid_json")
+        result = parsed
+    result["analyzed_at"] = timestamp()
+    result["messages_analyzed"] = len(rows)
+    with database.connection_context():
+        Chat.update(chat_analysis=result).where(Chat.chat_id == chat_id).execute()
+    log.info("analysis: chat %s analysed (%s)", chat_id, result.get("user_sentiment"))
+    return result
+
+
+# --- scheduling -------------------------------------------------------------------------------------
+
+
+def analysis_job_id(chat_id: str) -> str:
+    """The job id of a chat's analysis: one per chat end."""
+    return f"analysis-{job_token(chat_id)}"
+
+
+def schedule_analysis(queue: Queue | None, chat: Chat) -> Job | None:
+    """Queue the post-chat analysis of a chat that has just ended (once while one is pending).
+
+    Never raises for Redis trouble: logged, and the chat simply stays without analysis.
+    """
+    if queue is None:
+        return None
+    job_id = analysis_job_id(chat.chat_id)
+    try:
+        if job_status(queue.connection, job_id) in LIVE_STATES:
+            return None
+        return queue.enqueue(
+            ANALYSIS_JOB,
+            chat.chat_id,
+            job_id=job_id,
+            retry=retry_policy(3, 5.0),
+            job_timeout=ANALYSIS_JOB_TIMEOUT,
+            result_ttl=600,
+            failure_ttl=7 * 24 * 3600,
+            description=f"analyse the ended chat {chat.chat_id}",
+        )
+    except RedisError as exc:
+        log.warning("analysis: could not queue the analysis of %s: %s", chat.chat_id, exc)
+        return None
