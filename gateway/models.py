@@ -167,6 +167,8 @@ class Chat(BaseModel):
             (("chat_status", "start_timestamp", "chat_id"), False),
             (("user_id", "start_timestamp", "chat_id"), False),
             (("chat_status", "last_activity_at"), False),
+            # A person's SMS chats (user profile memory, gateway/memory.py).
+            (("to_number", "chat_type"), False),
         )
 
 
