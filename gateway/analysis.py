@@ -264,7 +264,8 @@ def analysis_job_id(chat_id: str) -> str:
 def schedule_analysis(queue: Queue | None, chat: Chat) -> Job | None:
     """Queue the post-chat analysis of a chat that has just ended (once while one is pending).
 
-    Never raises for Redis trouble: logged, and the chat simply stays without analysis.
+    Never raises (callers are ending a chat, which must not fail over this): a failure to
+    queue is logged, and the chat simply stays without analysis.
     """
     if queue is None:
         return None
@@ -284,4 +285,6 @@ def schedule_analysis(queue: Queue | None, chat: Chat) -> Job | None:
         )
     except RedisError as exc:
         log.warning("analysis: could not queue the analysis of %s: %s", chat.chat_id, exc)
-        return None
+    except Exception:
+        log.exception("analysis: could not queue the analysis of %s", chat.chat_id)
+    return None

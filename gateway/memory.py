@@ -537,8 +537,9 @@ def schedule_profile(queue: Queue, key: str, agent: Agent | None = None) -> Job 
 def schedule_after_turn(queue: Queue | None, chat: Chat, agent: Agent) -> list[Job]:
     """After an agent turn: queue the memory updates the agent's settings ask for.
 
-    Never raises for Redis trouble (logged: a missed update is made up by the next turn's,
-    since each job reads everything after the last mark). Reads nothing from the database.
+    Never raises: callers are the reply job and the API request, which must not fail over
+    memory. A missed update (Redis down) is logged and made up by the next turn's, since each
+    job reads everything after the last mark. Reads nothing from the database.
     """
     if queue is None or not (agent.summary_memory or agent.user_analysis_memory):
         return []
@@ -551,4 +552,6 @@ def schedule_after_turn(queue: Queue | None, chat: Chat, agent: Agent) -> list[J
             jobs.append(schedule_profile(queue, key, agent))
     except RedisError as exc:
         log.warning("memory: could not queue the memory updates of %s: %s", chat.chat_id, exc)
+    except Exception:
+        log.exception("memory: could not queue the memory updates of %s", chat.chat_id)
     return [job for job in jobs if job is not None]
