@@ -18,6 +18,7 @@ from .. import llm, prompt
 from ..config import Settings
 from ..db import database
 from ..errors import GatewayError, TransientError
+from ..memory import schedule_after_turn
 from ..models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
 from . import bp
 from .chats import get_chat_or_404
@@ -171,4 +172,5 @@ def create_completion(chat_id: str):
             semaphore.release(token)
         except RedisError:  # the lease ends on its own
             log.warning("could not release completion slot of %s", chat.chat_id)
+    schedule_after_turn(current_app.task_queue, chat, agent)  # type: ignore[attr-defined]  # never raises
     return jsonify(messages=[message_json(message)])
