@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 
+from ..analysis import schedule_analysis
 from ..db import database
 from ..models import Chat, ChatStatus, ChatType, Message, utcnow
 from . import bp
@@ -131,4 +132,5 @@ def end_chat(chat_id: str):
     chat = Chat.get_by_id(chat.chat_id)
     if not ended:
         raise conflict("chat_not_ongoing", f"The chat is {chat.chat_status}, not ongoing.")
+    schedule_analysis(current_app.task_queue, chat)  # type: ignore[attr-defined]  # never raises
     return detail(chat)
