@@ -525,16 +525,21 @@ def _loadgen_main() -> None:
     rng = random.Random(spec["first_seq"])
     host_header = f"{HOST}:{spec['port']}"
 
-    def build(first: int, n: int) -> list[bytes]:
+    def build(first: int, n: int, round_robin: bool) -> list[bytes]:
         out = []
-        for seq in range(first, first + n):
-            sender = sender_number(rng.randrange(spec["senders"]), spec["sender_base"])
-            params = inbound_sms_params(seq, sender, OUR_NUMBERS[seq % len(OUR_NUMBERS)], rng, spec["salt"])
+        for i, seq in enumerate(range(first, first + n)):
+            # Warm-up visits every person in turn (so each one's chat exists before the clock
+            # starts); measured traffic picks people at random. A person always texts the same
+            # one of our numbers, as people do.
+            person = i % spec["senders"] if round_robin else rng.randrange(spec["senders"])
+            sender = sender_number(person, spec["sender_base"])
+            to = OUR_NUMBERS[person % len(OUR_NUMBERS)]
+            params = inbound_sms_params(seq, sender, to, rng, spec["salt"])
             out.append(signed_post(spec["path"], params, host_header))
         return out
 
-    warm = build(spec["first_seq"], spec["warmup"])
-    measured = build(spec["first_seq"] + spec["warmup"], spec["count"])
+    warm = build(spec["first_seq"], spec["warmup"], round_robin=True)
+    measured = build(spec["first_seq"] + spec["warmup"], spec["count"], round_robin=False)
     conc, cap, timeout = spec["concurrency"], spec["max_seconds"], spec["timeout"]
     warm_result = asyncio.run(_drive(spec["port"], warm, conc, cap, timeout))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
