@@ -8,10 +8,13 @@ the insert hits the unique index. Call these inside `write_transaction()`.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from peewee import IntegrityError
+from peewee import JOIN, IntegrityError
 
 from . import db
 from .agents import inbound_agent_for
@@ -40,14 +43,25 @@ class ContactState:
     created: bool
 
 
-def write_transaction():
-    """A transaction that reads then writes: SQLite takes the write lock up front.
+# Writers in one process queue here rather than on SQLite's lock: its busy handler polls with
+# sleeps of up to 100 ms, which under a burst of webhooks is what the slowest requests wait for.
+_sqlite_writers = threading.RLock()
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """A transaction that reads then writes: on SQLite it takes the write lock up front.
 
     With a plain (deferred) BEGIN, two SQLite connections that both read before writing can
-    deadlock, and one fails at once with "database is locked" instead of waiting for the other;
-    BEGIN IMMEDIATE makes them queue on busy_timeout. PostgreSQL needs nothing special.
+    deadlock, and one fails at once with "database is locked" instead of waiting; BEGIN
+    IMMEDIATE makes them wait their turn. PostgreSQL needs nothing special.
     """
-    return database.atomic(lock_type="IMMEDIATE") if db.is_sqlite() else database.atomic()
+    if not db.is_sqlite():
+        with database.atomic():
+            yield
+        return
+    with _sqlite_writers, database.atomic(lock_type="IMMEDIATE"):
+        yield
 
 
 def pair_key(our_number: str, their_number: str) -> str:
@@ -116,9 +130,61 @@ def sms_session(our_number: str, their_number: str, now: datetime | None = None)
     )
 
 
-def touch_chat(chat_id: str, now: datetime) -> None:
-    """Record activity in a chat now (silence timers count from here)."""
-    Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id).execute()
+def touch_chat(chat_id: str, now: datetime, pair: str | None = None) -> bool:
+    """Record activity in a chat now (silence timers count from here); with `pair`, only while
+    the chat is still the pair's ongoing one. True when the chat was updated."""
+    query = Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id)
+    if pair is not None:
+        query = query.where(Chat.ongoing_pair == pair)
+    return query.execute() > 0
+
+
+# The hot path's one read: the pair's ongoing chat, its agent's settings and the person's contact.
+# Its SQL is rendered once per database kind (peewee's query building costs more than running it).
+_PAIR_MARK = "\x00pair"
+_inbound_sql: dict[type, str] = {}
+
+
+def _inbound_query(pair: str):
+    """SELECT chat, agent settings and contact of a pair's ongoing chat (at most one row)."""
+    return (
+        Chat.select(*_SESSION_COLUMNS, Contact.id, Contact.opted_out)
+        .join(Agent, on=(Chat.agent == Agent.agent_id))
+        .switch(Chat)
+        .join(
+            Contact,
+            JOIN.LEFT_OUTER,
+            on=((Contact.our_number == Chat.from_number) & (Contact.phone_number == Chat.to_number)),
+        )
+        .where(Chat.ongoing_pair == pair)
+    )
+
+
+def _rendered_inbound_sql() -> str:
+    """The SQL of `_inbound_query` for the current database, its one parameter being the pair."""
+    kind = type(database.obj)
+    sql = _inbound_sql.get(kind)
+    if sql is None:
+        sql, params = _inbound_query(_PAIR_MARK).sql()
+        if list(params) != [_PAIR_MARK]:
+            raise RuntimeError(f"unexpected parameters in the inbound lookup: {params!r}")
+        _inbound_sql[kind] = sql
+    return sql
+
+
+def find_inbound(our_number: str, their_number: str) -> tuple[SmsSession | None, ContactState | None]:
+    """The pair's ongoing chat (with its agent's settings) and the person's contact, in one SELECT.
+
+    Either may be None: no ongoing chat, or a chat opened without a contact (outbound). Runs
+    outside the write transaction: the writer confirms the chat is still ongoing with
+    `touch_chat(chat_id, now, pair)` and falls back to `sms_session` when it is not.
+    """
+    row = database.execute_sql(_rendered_inbound_sql(), (pair_key(our_number, their_number),)).fetchone()
+    if row is None:
+        return None, None
+    session = SmsSession(*row[:5], created=False)
+    contact = None if row[5] is None else ContactState(id=row[5], opted_out=bool(row[6]), created=False)
+    return session, contact
 
 
 def _find_contact(our_number: str, their_number: str) -> tuple[int, bool] | None:

@@ -31,13 +31,15 @@ TWILIO_STATUSES: dict[str, MessageStatus] = {
     "canceled": MessageStatus.FAILED,
 }
 
-# The order statuses move in; equal ranks never replace each other.
-RANK: dict[MessageStatus, int] = {
-    MessageStatus.QUEUED: 0,
-    MessageStatus.SENT: 1,
-    MessageStatus.DELIVERED: 2,
-    MessageStatus.UNDELIVERED: 2,
-    MessageStatus.FAILED: 2,
+# The order stored statuses move in; equal ranks never replace each other. "sending" is the
+# worker's own mark on a part it is handing to Twilio (gateway/replies.py), not a public status.
+RANK: dict[str, int] = {
+    MessageStatus.QUEUED.value: 0,
+    "sending": 0,
+    MessageStatus.SENT.value: 1,
+    MessageStatus.DELIVERED.value: 2,
+    MessageStatus.UNDELIVERED.value: 2,
+    MessageStatus.FAILED.value: 2,
 }
 FINAL_STATUSES = frozenset(status for status, rank in RANK.items() if rank == max(RANK.values()))
 
@@ -54,7 +56,7 @@ def map_twilio_status(twilio_status: str | None) -> MessageStatus | None:
 
 def lower_statuses(status: MessageStatus) -> list[str]:
     """The stored statuses that `status` may replace."""
-    return [s.value for s, rank in RANK.items() if rank < RANK[status]]
+    return [stored for stored, rank in RANK.items() if rank < RANK[status.value]]
 
 
 def record_status(

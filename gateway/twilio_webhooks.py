@@ -23,6 +23,8 @@ from .models import Message, MessageStatus, ReplyState, Role, utcnow
 from .queue import enqueue_reply, retry_policy
 from .sessions import (
     contact_state,
+    find_inbound,
+    pair_key,
     set_contact_opt_out,
     sms_session,
     touch_chat,
@@ -154,10 +156,18 @@ def record_inbound(sms: InboundSms) -> Recorded:
     now = utcnow()
     keyword = match_keyword(sms.body, sms.opt_out_type)
     our, theirs = sms.to_number, sms.from_number
+    pair = pair_key(our, theirs)
+    # The common case (an ongoing chat) is read before taking the write lock, and confirmed
+    # under it by the UPDATE of the chat's activity time, which only matches an ongoing chat.
+    session, contact = find_inbound(our, theirs)
     try:
         with write_transaction():
-            contact = contact_state(our, theirs)
-            session = sms_session(our, theirs, now)
+            if session is None or not touch_chat(session.chat_id, now, pair):
+                session = sms_session(our, theirs, now)
+                if not session.created:
+                    touch_chat(session.chat_id, now)
+            if contact is None:
+                contact = contact_state(our, theirs)
             reply_state = decide_reply(keyword, contact.opted_out)
             message_id = Message.insert(
                 chat=session.chat_id,
@@ -176,8 +186,6 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 set_contact_opt_out(contact.id, True, now)
             elif keyword is Keyword.START and contact.opted_out:
                 set_contact_opt_out(contact.id, False, now)
-            if not session.created:
-                touch_chat(session.chat_id, now)
     except IntegrityError:
         if message_exists(sms.sid):
             raise DuplicateMessage(sms.sid) from None
