@@ -455,3 +455,11 @@ def test_redis_down_is_503(client, fake_model, redis_server):
     assert response.status_code == 503
     assert response.json["error"]["code"] == "unavailable"
     assert fake_model.requests == []
+
+
+def test_an_agent_without_history_still_sees_the_new_message(client, fake_model):
+    agent_id = new_agent(client, system_prompt="", num_last_messages=0)
+    chat_id = new_chat(client, agent_id=agent_id)["chat_id"]
+    response = complete(client, chat_id, "just this")
+    assert response.status_code == 200
+    assert fake_model.requests[0]["messages"] == [{"role": "user", "content": "just this"}]

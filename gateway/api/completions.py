@@ -95,7 +95,11 @@ def record_user_turn(chat_id: str, content: str, settings: Settings, agent: Agen
                 chat=chat.chat_id, role=Role.USER.value, content=content, created_at=now, updated_at=now
             )
             Chat.update(last_activity_at=now).where(Chat.chat_id == chat.chat_id).execute()
-        return user_message, prompt.build_messages(chat, agent, settings)
+        messages = prompt.build_messages(chat, agent, settings)
+    if not any(m.get("role") == "user" for m in messages):
+        # An agent that keeps no history (num_last_messages 0) still answers the message it got.
+        messages.append({"role": "user", "content": content})
+    return user_message, messages
 
 
 def record_agent_turn(chat_id: str, user_message: Message, completion: llm.Completion) -> Message:

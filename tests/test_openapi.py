@@ -1,0 +1,146 @@
+"""The OpenAPI document against the app itself: schemathesis fuzzes every /v1 route in-process.
+
+Each generated request goes through the Flask app (WSGI, no network) with the bearer key; the
+checks are: no 5xx (and no exception escaping the app, since TESTING propagates them), the
+status code is one the document lists, and the body matches the documented schema.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import GATEWAY_API_KEY
+
+AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
+# Examples per operation: enough to find shape and 5xx bugs, few enough to finish in seconds.
+MAX_EXAMPLES = 15
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def test_document_lists_every_route(client):
+    """Every documented path exists in the app, and every /v1 route of the app is documented."""
+    doc = client.get("/v1/openapi.json").json
+    assert doc["openapi"] == "3.1.0"
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's GATEWAY_API_KEY.",
+    }
+    documented = {path.replace("{", "<").replace("}", ">") for path in doc["paths"]}
+    routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    assert {r for r in routes if r.startswith("/v1/")} <= documented
+    # Documented ahead of its code (POST /v1/sms-chats is another engineer's work in progress).
+    assert documented - routes <= {"/v1/sms-chats"}
+    for path in ("/twilio/sms", "/twilio/status", "/healthz", "/readyz"):
+        assert path in doc["paths"]
+        for operation in doc["paths"][path].values():
+            assert operation["security"] == []
+
+
+def test_document_is_valid_openapi_31(client):
+    """Schemathesis loads and resolves it (every $ref, every operation)."""
+    schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", client.application)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 20
+
+
+VALID_NUMBERS = ["+14155550123", "+14155552671", "+442071838750", "+4915123456789"]
+
+
+@pytest.fixture
+def seeded(app, fake_model) -> dict[str, str]:
+    """An agent, an ongoing chat with one exchange, and a number, so requests can hit real rows."""
+    client = app.test_client()
+    agent = client.post("/v1/agents", json={"agent_id": "agent_fuzz", "retry_attempts": 0}, headers=AUTH)
+    assert agent.status_code == 201
+    chat = client.post("/v1/chats", json={"agent_id": "agent_fuzz", "user_id": "fuzz"}, headers=AUTH).json
+    assert client.post(f"/v1/chats/{chat['chat_id']}/completions", json={"content": "hi"}, headers=AUTH)
+    for number in VALID_NUMBERS[:2]:
+        client.post("/v1/phone-numbers", json={"phone_number": number}, headers=AUTH)
+    return {"agent_id": "agent_fuzz", "chat_id": chat["chat_id"], "phone_number": VALID_NUMBERS[0]}
+
+
+@pytest.fixture
+def api_schema(app, seeded):
+    """The app's own document, loaded through the app."""
+    return schemathesis.openapi.from_wsgi("/v1/openapi.json", app)
+
+
+def fuzzed_operations(schema):
+    """The /v1 operations to fuzz.
+
+    /v1/sms-chats is documented but not implemented yet (another engineer's work in progress):
+    fuzzing it now would only see 404s. Drop the exclude once the route exists.
+    """
+    selected = schema.include(path_regex="^/v1/").exclude(path="/v1/sms-chats")
+    return [result.ok() for result in selected.get_all_operations()]
+
+
+def aim_at_rows(operation, seeded: dict[str, str]):
+    """A function making a generated valid case name rows that exist, so it gets past 404/422."""
+
+    def aim(case):
+        if isinstance(case.body, dict):
+            if operation.path == "/v1/chats" and "agent_id" in case.body:
+                case.body["agent_id"] = seeded["agent_id"]
+            if operation.path == "/v1/phone-numbers" and "phone_number" in case.body:
+                case.body["phone_number"] = VALID_NUMBERS[len(str(case.body["phone_number"])) % 4]
+            for field in ("inbound_agent_id", "outbound_agent_id"):
+                if case.body.get(field) is not None:
+                    case.body[field] = seeded["agent_id"]
+        return case
+
+    return aim
+
+
+def cases(operation, seeded: dict[str, str]):
+    """Random valid requests, valid ones aimed at existing rows, and invalid ones."""
+    names = {p.name for p in operation.path_parameters} if operation.path_parameters else set()
+    rows = {k: v for k, v in seeded.items() if k in names}
+    if operation.method.lower() == "delete" and "phone_number" in rows:
+        rows["phone_number"] = VALID_NUMBERS[1]  # the other reads keep theirs
+    aimed = operation.as_strategy(GenerationMode.POSITIVE, path_parameters=rows or None).map(
+        aim_at_rows(operation, seeded)
+    )
+    return st.one_of(
+        aimed,
+        operation.as_strategy(GenerationMode.POSITIVE),
+        operation.as_strategy(GenerationMode.NEGATIVE),
+    )
+
+
+def test_v1_routes_conform_to_the_document(api_schema, seeded, monkeypatch):
+    """No server error and a documented status and body for generated requests to every /v1 route.
+
+    Driven through Hypothesis directly: schemathesis's pytest plugin does not run on pytest 9 yet.
+    """
+    from gateway.api import completions
+
+    monkeypatch.setattr(completions, "SLOT_WAIT_SECONDS", 0.1)
+    failures: list[str] = []
+    operations = fuzzed_operations(api_schema)
+    assert len(operations) == 17  # every /v1 operation but POST /v1/sms-chats
+    for operation in operations:
+
+        @given(case=cases(operation, seeded))
+        @settings(
+            max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
+        def check(case):
+            case.call_and_validate(headers=AUTH, checks=CHECKS)
+
+        try:
+            check()
+        except (Exception, BaseExceptionGroup) as exc:  # every operation's failure, not the first
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)
