@@ -126,3 +126,32 @@ def test_set_opted_out_upserts(app):
     assert Contact.get().opted_out is False
     assert Contact.get().opted_out_at is None
     assert Contact.select().count() == 1
+
+
+def test_find_inbound_reads_chat_agent_and_contact_at_once(app):
+    """The hot path's lookup returns the ongoing chat, its agent's settings and the contact."""
+    from gateway.sessions import find_inbound
+
+    assert find_inbound(OUR_NUMBER, PERSON) == (None, None)
+    opened = open_session()
+    session, contact = find_inbound(OUR_NUMBER, PERSON)
+    assert session is not None
+    assert (session.chat_id, session.agent_id, session.created) == (opened.chat_id, opened.agent_id, False)
+    assert contact is None  # a chat opened without a contact row (as an outbound chat may be)
+    set_opted_out(OUR_NUMBER, PERSON, True)
+    _, contact = find_inbound(OUR_NUMBER, PERSON)
+    assert contact is not None
+    assert contact.opted_out is True
+    assert find_inbound(OUR_NUMBER, OTHER_PERSON) == (None, None)
+
+
+def test_touch_with_pair_only_matches_an_ongoing_chat(app):
+    """touch_chat(..., pair) confirms the chat is still ongoing; an ended chat is not touched."""
+    from gateway.models import utcnow
+    from gateway.sessions import pair_key, touch_chat
+
+    session = open_session()
+    pair = pair_key(OUR_NUMBER, PERSON)
+    assert touch_chat(session.chat_id, utcnow(), pair) is True
+    Chat.update(chat_status="ended", ongoing_pair=None).execute()
+    assert touch_chat(session.chat_id, utcnow(), pair) is False

@@ -350,3 +350,40 @@ def test_concurrent_duplicates_record_one_message(app, settings, redis_conn):
     assert statuses == [200] * 4
     assert Message.select().count() == 1
     assert len(reply_job_ids(redis_conn)) == 1
+
+
+def test_chat_ending_between_read_and_write_opens_a_new_chat(client, monkeypatch):
+    """If the ongoing chat ends after the lookup but before the write, the text opens a new chat."""
+    from gateway import sessions, twilio_webhooks
+
+    post_twilio(client, SMS, inbound_sms("first"))
+    first_chat = Chat.get()
+
+    def lookup_then_end(our, theirs):
+        found = sessions.find_inbound(our, theirs)
+        Chat.update(chat_status="ended", ongoing_pair=None).execute()  # the silence sweep, say
+        return found
+
+    monkeypatch.setattr(twilio_webhooks, "find_inbound", lookup_then_end)
+    form = inbound_sms("second")
+    assert_empty_twiml(post_twilio(client, SMS, form))
+    message = only_message(form["MessageSid"])
+    assert message.chat_id != first_chat.chat_id
+    assert Chat.get_by_id(message.chat_id).chat_status == "ongoing"
+
+
+def test_chat_without_contact_gets_one(client):
+    """An ongoing chat opened without a contact row (outbound) gets the contact on the first reply."""
+    from gateway.agents import default_agent
+
+    Chat.create(
+        agent=default_agent(),
+        chat_type="sms_chat",
+        from_number=OUR_NUMBER,
+        to_number=PERSON,
+        ongoing_pair=f"{OUR_NUMBER}|{PERSON}",
+    )
+    form = inbound_sms("replying to your text")
+    assert_empty_twiml(post_twilio(client, SMS, form))
+    assert only_message(form["MessageSid"]).chat_id == Chat.get().chat_id
+    assert Contact.select().count() == 1

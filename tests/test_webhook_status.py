@@ -179,3 +179,10 @@ def test_concurrent_callbacks_end_in_the_final_state(app, outbound):
     for thread in threads:
         thread.join()
     assert stored(outbound).status == "delivered"
+
+
+def test_part_marked_sending_moves_on(client, outbound):
+    """A part still carrying the worker's "sending" mark accepts Twilio's next status."""
+    Message.update(status="sending").where(Message.id == outbound.id).execute()
+    post_status(client, outbound.twilio_sid, "sent")
+    assert stored(outbound).status == "sent"
