@@ -97,6 +97,13 @@ def test_messages_come_back_in_order_with_sms_fields(client):
     assert chat["usage"] == {"prompt_tokens": 10, "completion_tokens": 3}
 
 
+def test_internal_sending_mark_reads_as_queued(client):
+    chat_id = new_chat(client)["chat_id"]
+    Message.create(chat=chat_id, role=Role.AGENT.value, content="part", status="sending")
+    (message,) = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json["messages"]
+    assert message["status"] == "queued"
+
+
 def test_chat_analysis_is_returned_once_filled(client):
     chat_id = new_chat(client)["chat_id"]
     Chat.update(chat_analysis={"sentiment": "positive"}).where(Chat.chat_id == chat_id).execute()

@@ -6,7 +6,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..models import Agent, Chat, Message, PhoneNumber
+from ..models import Agent, Chat, Message, MessageStatus, PhoneNumber
+
+# The statuses the API shows. The worker marks a part it is handing to Twilio "sending" (an
+# internal lease, gateway/replies.py): to a client that part is still "queued".
+PUBLIC_STATUSES = frozenset(s.value for s in MessageStatus)
 
 AGENT_FIELDS = (
     "agent_id",
@@ -61,6 +65,13 @@ def phone_number_json(number: PhoneNumber) -> dict[str, Any]:
     }
 
 
+def public_status(status: str | None) -> str | None:
+    """A stored message status as the API shows it (internal marks read as "queued")."""
+    if status is None or status in PUBLIC_STATUSES:
+        return status
+    return MessageStatus.QUEUED.value
+
+
 def message_json(message: Message) -> dict[str, Any]:
     """A message in a chat; `status` and `error_code` are null outside SMS."""
     return {
@@ -69,7 +80,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "content": message.content,
         "media": message.media or [],
         "created_at": iso(message.created_at),
-        "status": message.status,
+        "status": public_status(message.status),
         "error_code": message.error_code,
     }
 
