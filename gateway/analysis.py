@@ -261,30 +261,31 @@ def analysis_job_id(chat_id: str) -> str:
     return f"analysis-{job_token(chat_id)}"
 
 
-def schedule_analysis(queue: Queue | None, chat: Chat) -> Job | None:
-    """Queue the post-chat analysis of a chat that has just ended (once while one is pending).
+def schedule_analysis(queue: Queue | None, chat: Chat | str) -> Job | None:
+    """Queue the post-chat analysis of a chat (or chat id) that has just ended (once while one is pending).
 
     Never raises (callers are ending a chat, which must not fail over this): a failure to
     queue is logged, and the chat simply stays without analysis.
     """
     if queue is None:
         return None
-    job_id = analysis_job_id(chat.chat_id)
+    chat_id = chat if isinstance(chat, str) else chat.chat_id
+    job_id = analysis_job_id(chat_id)
     try:
         if job_status(queue.connection, job_id) in LIVE_STATES:
             return None
         return queue.enqueue(
             ANALYSIS_JOB,
-            chat.chat_id,
+            chat_id,
             job_id=job_id,
             retry=retry_policy(3, 5.0),
             job_timeout=ANALYSIS_JOB_TIMEOUT,
             result_ttl=600,
             failure_ttl=7 * 24 * 3600,
-            description=f"analyse the ended chat {chat.chat_id}",
+            description=f"analyse the ended chat {chat_id}",
         )
     except RedisError as exc:
-        log.warning("analysis: could not queue the analysis of %s: %s", chat.chat_id, exc)
+        log.warning("analysis: could not queue the analysis of %s: %s", chat_id, exc)
     except Exception:
-        log.exception("analysis: could not queue the analysis of %s", chat.chat_id)
+        log.exception("analysis: could not queue the analysis of %s", chat_id)
     return None

@@ -33,12 +33,14 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
@@ -46,7 +48,7 @@ from . import llm
 from .config import Settings
 from .db import database
 from .models import Agent, Chat, ChatStatus, ChatType, Message, MessageStatus, Role, UserProfile, utcnow
-from .queue import retry_policy
+from .queue import connect_redis, queue_name, retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +496,27 @@ def enqueue_deduplicated(
                 description=description or f"{func}({arg})",
             )
     return None  # both "running": one is a leftover RQ's cleanup will settle
+
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, Redis] = {}
+
+
+def queue_for(settings: Settings) -> Queue | None:
+    """The queue of the RQ job running in this thread, else the gateway's queue on REDIS_URL (or None).
+
+    For code that runs inside jobs (the reply job, the auto-close sweep) and wants to queue more.
+    """
+    job = get_current_job()
+    if job is not None and job.origin:
+        return Queue(job.origin, connection=job.connection)
+    if not settings.redis_url:
+        return None
+    with _redis_lock:
+        client = _redis_clients.get(settings.redis_url)
+        if client is None:
+            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
+    return Queue(queue_name(settings), connection=client)
 
 
 def summary_job_id(chat_id: str) -> str:

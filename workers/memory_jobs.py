@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from rq import Queue, get_current_job
+from rq import Queue
 
 from gateway import analysis, memory
 from gateway.db import database
-from gateway.models import Agent, Chat
-from gateway.queue import connect_redis, queue_name
+from gateway.models import Agent, Chat, Message
 
 from .context import get_settings
 
@@ -41,6 +40,24 @@ def analyze_chat(chat_id: str) -> dict | None:
     return analysis.analyze_chat(settings, chat_id)
 
 
+def after_reply(message_id: int) -> None:
+    """The reply to inbound `message_id` was sent: queue the memory updates its agent asks for.
+
+    Called by the reply job (workers.jobs). Never raises: the reply is out already, and a missed
+    update is made up by the next turn's (see gateway.memory.schedule_after_turn).
+    """
+    try:
+        with database.connection_context():
+            chat_id = Message.select(Message.chat).where(Message.id == message_id).scalar()
+            chat = Chat.get_or_none(Chat.chat_id == chat_id) if chat_id else None
+            agent = Agent.get_or_none(Agent.agent_id == chat.agent_id) if chat else None
+        if chat is None or agent is None:
+            return
+        memory.schedule_after_turn(job_queue(), chat, agent)
+    except Exception:
+        log.exception("memory: could not queue the memory updates after the reply to message %s", message_id)
+
+
 def flush_profile(chat_id: str) -> None:
     """A chat ended: queue its person's profile update (due now, see gateway.memory.profile_due)."""
     with database.connection_context():
@@ -49,16 +66,11 @@ def flush_profile(chat_id: str) -> None:
     if chat is None or agent is None or not agent.user_analysis_memory:
         return
     key = memory.profile_key_for(chat)
-    if key is not None:
-        memory.schedule_profile(job_queue(), key, agent)
+    queue = job_queue()
+    if key is not None and queue is not None:
+        memory.schedule_profile(queue, key, agent)
 
 
-def job_queue() -> Queue:
+def job_queue() -> Queue | None:
     """The queue of the job running in this thread (or, outside a job, the gateway's queue)."""
-    job = get_current_job()
-    if job is not None and job.origin:
-        return Queue(job.origin, connection=job.connection)
-    settings = get_settings()
-    if not settings.redis_url:
-        raise RuntimeError("REDIS_URL is not set: memory jobs need Redis")
-    return Queue(queue_name(settings), connection=connect_redis(settings.redis_url))
+    return memory.queue_for(get_settings())
