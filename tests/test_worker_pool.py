@@ -103,6 +103,7 @@ def test_jobs_run_at_once_in_threads_and_rq_sees_them(redis_conn, queue, start_w
     [seen] = ThreadPoolWorker.all(connection=redis_conn)
     assert seen.name == worker.name
     assert seen.get_state() == "busy"
+    assert seen.concurrency == n
     assert len(seen.get_current_executions()) == n
     assert {e.job_id for e in seen.get_current_executions()} == {j.id for j in jobs}
 
@@ -117,6 +118,43 @@ def test_jobs_run_at_once_in_threads_and_rq_sees_them(redis_conn, queue, start_w
     assert elapsed < n * 1.5 / 2  # loose: one after another would take n * 1.5 s
     wait_for(lambda: seen.connection.hget(seen.key, "state") == b"idle", message="worker idle again")
     assert len(seen.get_current_executions(refresh=True)) == 0
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_heartbeats_keep_a_long_job_in_started_registry(redis_conn, queue, start_worker):
+    """While the main thread sits in dequeue, the heartbeat thread pushes the execution's expiry on."""
+    job = queue.enqueue(f"{JOBS}.sleep_then_return", 4, "long", "hb", job_timeout=600)
+    worker = start_worker(concurrency=2)  # --job-monitoring-interval 1
+    registry = StartedJobRegistry(queue=queue)
+    wait_for(lambda: registry.get_job_ids(cleanup=False) == [job.id], message="job in flight")
+    [(member, first)] = redis_conn.zrange(registry.key, 0, -1, withscores=True)
+    assert first <= time.time() + 90 + 1  # the forking Worker's TTL rule: min(timeout, 30 s) + 60 s
+    wait_for(lambda: redis_conn.zscore(registry.key, member) > first, timeout=10, message="heartbeat")
+    wait_for(
+        lambda: Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED, message="done"
+    )
+    assert redis_conn.zscore(registry.key, member) is None
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_stop_job_command_stops_only_that_job(redis_conn, queue, start_worker):
+    """RQ's stop-job command interrupts the named job's thread (STOPPED), the others run on."""
+    from rq.command import send_stop_job_command
+
+    doomed = queue.enqueue(f"{JOBS}.sleep_then_return", 30, "never", "stop")
+    other = queue.enqueue(f"{JOBS}.sleep_then_return", 2, "kept", "stop")
+    worker = start_worker(concurrency=4)
+    wait_for(lambda: redis_conn.llen("stop:started") == 2, message="jobs started")
+    send_stop_job_command(redis_conn, doomed.id)
+    wait_for(
+        lambda: Job.fetch(doomed.id, connection=redis_conn).get_status() == JobStatus.STOPPED, message="stop"
+    )
+    assert doomed.id in FailedJobRegistry(queue=queue)
+    wait_for(
+        lambda: Job.fetch(other.id, connection=redis_conn).return_value() == "kept", message="other done"
+    )
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
 

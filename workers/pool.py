@@ -296,6 +296,13 @@ class ThreadPoolWorker(SimpleWorker):
         data["concurrency"] = self.concurrency
         return data
 
+    def refresh(self) -> None:
+        """RQ's refresh, plus the concurrency a running worker recorded."""
+        super().refresh()
+        raw = self.connection.hget(self.key, "concurrency")
+        if raw is not None:
+            self.concurrency = int(raw)
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """The forking Worker's rule (min(time left, monitoring interval) + 60 s), never below 60 s."""
         return max(60, BaseWorker.get_heartbeat_ttl(self, job, working_time))
