@@ -51,6 +51,8 @@ SEND_LEASE = timedelta(seconds=90)
 # Twilio's first answer for messages sent through a Messaging Service; ours is "queued".
 _TWILIO_STATUS_ALIASES = {"accepted": MessageStatus.QUEUED.value, "scheduled": MessageStatus.QUEUED.value}
 _KNOWN_STATUSES = {s.value for s in MessageStatus} | {"sending"}
+# The code of the TransientError raised when another attempt holds a part of this reply.
+IN_PROGRESS = "reply_in_progress"
 # At most this many waiting texts are answered by one reply (the rest get the next one).
 MAX_COVERED = 50
 
@@ -144,7 +146,8 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         _record_failure(covered, exc)
         raise
     except TransientError as exc:
-        if last_attempt:
+        # "reply_in_progress": another attempt is sending this reply; it records the outcome.
+        if last_attempt and exc.code != IN_PROGRESS:
             _record_failure(covered, exc)
         raise
     except Exception as exc:  # a bug or a database outage: RQ sees it; the last attempt records it
@@ -237,7 +240,7 @@ def _send_unsent_parts(settings: Settings, target: _Target, anchor: int) -> int:
             with database.connection_context():
                 if Message.select(Message.twilio_sid).where(Message.id == part.id).scalar():
                     continue  # another attempt sent it a moment ago
-            raise TransientError("Another attempt is sending this reply right now.", "reply_in_progress")
+            raise TransientError("Another attempt is sending this reply right now.", IN_PROGRESS)
         try:
             sid, status = send_sms(
                 settings,

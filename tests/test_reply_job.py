@@ -187,7 +187,7 @@ def test_a_part_being_sent_by_a_live_attempt_is_not_sent_twice(configured, fake_
         chat=chat, role="agent", content="in flight", part_index=0, status="sending", reply_to=message
     )
     with pytest.raises(TransientError):
-        replies.answer_message(configured, message.id, last_attempt=False)
+        replies.answer_message(configured, message.id, last_attempt=True)  # the other attempt decides
     assert fake_twilio.messages == [] and fake_model.requests == []
     assert fresh(message).reply_state == "pending"
 

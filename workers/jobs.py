@@ -138,6 +138,14 @@ def _job_is_live(connection: Redis, job_id: str) -> bool:
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=False)
+        if status == JobStatus.SCHEDULED:
+            # RQ scheduled the retry after its backoff, but the worker that died may hold the
+            # scheduler lock for another minute; the death was no service's fault, so run it
+            # now. ZREM decides between us and a live scheduler: only the remover enqueues.
+            queue = Queue(job.origin, connection=connection)
+            if queue.scheduled_job_registry.remove(job):
+                queue.enqueue_job(job)
+            return True
     if status in LIVE_STATES:
         return True
     job.delete()
