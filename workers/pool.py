@@ -33,9 +33,12 @@ What is kept from RQ (the job side is RQ's own code, run in a thread):
   thread of this process (`ThreadScheduler`) rather than a forked process: forking a process that
   has 200 threads is unsafe (locks held by other threads stay locked in the child).
 - Warm shutdown (SIGTERM/SIGINT): stop dequeuing, let every job in flight finish, then register
-  death. Cold shutdown (a second signal, more than 1 s later like stock RQ): `ColdShutdownError`
-  is raised in every job thread, so each job goes through RQ's failure path (retried when it has
-  retries left, else failed with that traceback); threads that do not react within
+  death. The handler only sets a flag (a handler touching Redis or a lock could deadlock the
+  main thread it interrupted), so a job popped by the BLMOVE already waiting when the signal
+  came (<= 1 s) is still run to completion, never dropped.
+- Cold shutdown (a second signal, more than 1 s after the first, as in stock RQ):
+  `ColdShutdownError` is raised in every job thread, so each job goes through RQ's failure
+  path (retried when it has retries left, else failed with that traceback); threads that do not react within
   `cold_shutdown_grace` seconds (blocked in C) are left to the abandoned-job cleanup below.
 - stop-job / stop-execution commands (`rq.command.send_stop_job_command`): `StopJobError` is
   raised in that job's thread and RQ records the job as STOPPED.
