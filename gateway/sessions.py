@@ -19,7 +19,7 @@ from peewee import JOIN, IntegrityError
 from . import db
 from .agents import inbound_agent_for
 from .db import database
-from .models import Agent, Chat, ChatType, Contact, new_id, utcnow
+from .models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,21 @@ def touch_chat(chat_id: str, now: datetime, pair: str | None = None) -> bool:
     if pair is not None:
         query = query.where(Chat.ongoing_pair == pair)
     return query.execute() > 0
+
+
+def end_chat(chat_id: str, reason: str, now: datetime | None = None) -> bool:
+    """End an ongoing chat (freeing its number pair for the next one); True when this call ended it."""
+    return (
+        Chat.update(
+            chat_status=ChatStatus.ENDED.value,
+            end_timestamp=now or utcnow(),
+            end_reason=reason,
+            ongoing_pair=None,
+        )
+        .where((Chat.chat_id == chat_id) & (Chat.chat_status == ChatStatus.ONGOING.value))
+        .execute()
+        > 0
+    )
 
 
 # The hot path's one read: the pair's ongoing chat, its agent's settings and the person's contact.

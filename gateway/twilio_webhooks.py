@@ -2,7 +2,8 @@
 
 Inbound, top to bottom: verify the signature (gateway/signature.py), read the form, record the
 message with its chat and contact in one transaction (gateway/sessions.py), apply STOP/START/HELP
-(gateway/keywords.py), queue the agent's reply on RQ, answer TwiML at once. Nothing here calls
+(gateway/keywords.py: STOP also ends the chat and queues its analysis), queue the agent's reply on
+RQ, answer TwiML at once. Nothing here calls
 the model or Twilio's REST API while Twilio waits. Status callbacks go to gateway/statuses.py.
 """
 
@@ -18,11 +19,13 @@ from redis.exceptions import RedisError
 from twilio.twiml.messaging_response import MessagingResponse
 
 from .agents import DEFAULT_HELP_MESSAGE
+from .analysis import schedule_analysis
 from .keywords import Keyword, match_keyword
-from .models import Message, MessageStatus, ReplyState, Role, utcnow
+from .models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
 from .queue import enqueue_reply, retry_policy
 from .sessions import (
     contact_state,
+    end_chat,
     find_inbound,
     pair_key,
     set_contact_opt_out,
@@ -51,6 +54,8 @@ MAX_MEDIA = 10
 # Column sizes (gateway/models.py): longer values are not Twilio's and would fail on PostgreSQL.
 MAX_NUMBER_LEN = 20
 MAX_SID_LEN = 64
+# Chat.end_reason of a chat the person ended by opting out (STOP).
+OPT_OUT_END_REASON = "opt_out"
 
 
 class InvalidWebhook(ValueError):
@@ -81,6 +86,7 @@ class Recorded:
     chat_id: str
     reply_state: ReplyState
     keyword: Keyword | None
+    chat_ended: bool  # STOP ended the chat
     retry_attempts: int
     retry_delay: float
     help_message: str | None
@@ -182,8 +188,12 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 created_at=now,
                 updated_at=now,
             ).execute()
-            if keyword is Keyword.STOP and not contact.opted_out:
-                set_contact_opt_out(contact.id, True, now)
+            ended = False
+            if keyword is Keyword.STOP:
+                if not contact.opted_out:
+                    set_contact_opt_out(contact.id, True, now)
+                # The person asked for no more texts: the conversation is over.
+                ended = end_chat(session.chat_id, OPT_OUT_END_REASON, now)
             elif keyword is Keyword.START and contact.opted_out:
                 set_contact_opt_out(contact.id, False, now)
     except IntegrityError:
@@ -195,6 +205,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
         chat_id=session.chat_id,
         reply_state=reply_state,
         keyword=keyword,
+        chat_ended=ended,
         retry_attempts=session.retry_attempts,
         retry_delay=session.retry_delay,
         help_message=session.help_message,
@@ -239,6 +250,9 @@ def inbound_sms() -> Response:
         return twiml()
     if recorded.reply_state is ReplyState.PENDING:
         queue_reply(recorded)
+    elif recorded.chat_ended:
+        # Only chat_id is read; schedule_analysis logs (never raises) when Redis is down.
+        schedule_analysis(current_app.task_queue, Chat(chat_id=recorded.chat_id))  # type: ignore[attr-defined]
     elif recorded.keyword is Keyword.HELP:
         # TwiML, not the REST API: Twilio sends it as the answer to this request.
         response = MessagingResponse()

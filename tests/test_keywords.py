@@ -5,10 +5,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from rq.job import Job
 
 from gateway.agents import DEFAULT_HELP_MESSAGE
+from gateway.analysis import analysis_job_id
 from gateway.keywords import Keyword, match_keyword
-from gateway.models import Agent, Contact, Message, PhoneNumber
+from gateway.models import Agent, Chat, Contact, Message, PhoneNumber
 from tests.conftest import post_twilio
 from tests.payloads import KEYWORD_CASES, OUR_NUMBER, PERSON, inbound_sms
 
@@ -59,7 +61,8 @@ def send(client, body: str, **extra: str) -> tuple[int, bytes, Message]:
 
 
 def test_stop_then_start(client, redis_conn):
-    """STOP opts out with no reply (Twilio confirms itself); texts meanwhile get none; START opts back in."""
+    """STOP opts out with no reply (Twilio confirms itself) and ends the chat; texts meanwhile get
+    no reply; START opts back in."""
     code, body, stop = send(client, "Stop")
     assert code == 200
     assert list(ET.fromstring(body)) == []  # no <Message>: Twilio sends the opt-out confirmation
@@ -83,7 +86,13 @@ def test_stop_then_start(client, redis_conn):
     _, _, back = send(client, "hi again")
     assert back.reply_state == "pending"
     assert reply_jobs(redis_conn) == [f"reply-{back.id}"]
-    assert {m.chat_id for m in Message.select()} == {stop.chat_id}  # all in the one chat
+    # STOP ended the conversation (its analysis is queued); later texts are in a new chat.
+    stopped = Chat.get_by_id(stop.chat_id)
+    assert (stopped.chat_status, stopped.end_reason, stopped.ongoing_pair) == ("ended", "opt_out", None)
+    assert {ignored.chat_id, start.chat_id, back.chat_id} == {
+        Chat.get(Chat.ongoing_pair.is_null(False)).chat_id
+    }
+    assert Job.fetch(analysis_job_id(stop.chat_id), connection=redis_conn) is not None
 
 
 def test_opt_out_type_stop_with_a_custom_word(client):

@@ -11,6 +11,7 @@ from rq import Queue
 from rq.job import Job
 
 from gateway import create_app
+from gateway.keywords import Keyword, match_keyword
 from gateway.models import Chat, Contact, Message
 from gateway.queue import REPLY_JOB, queue_name
 from tests import payloads
@@ -82,9 +83,11 @@ def test_inbound_payloads(client, settings, redis_conn, case, form, reply_state,
 
     chat = Chat.get_by_id(message.chat_id)
     assert chat.chat_type == "sms_chat"
-    assert chat.chat_status == "ongoing"
     assert (chat.from_number, chat.to_number) == (OUR_NUMBER, PERSON)
-    assert chat.ongoing_pair == f"{OUR_NUMBER}|{PERSON}"
+    if match_keyword(form["Body"], form.get("OptOutType")) is Keyword.STOP:  # opting out ends the chat
+        assert (chat.chat_status, chat.end_reason, chat.ongoing_pair) == ("ended", "opt_out", None)
+    else:
+        assert (chat.chat_status, chat.ongoing_pair) == ("ongoing", f"{OUR_NUMBER}|{PERSON}")
     assert chat.agent_id == "agent_default"
 
     job_ids = reply_queue(settings, redis_conn).job_ids
@@ -95,7 +98,7 @@ def test_inbound_payloads(client, settings, redis_conn, case, form, reply_state,
         assert job.args == (message.id,)
         assert job.retries_left == 3  # the default agent's retry_attempts
     else:
-        assert job_ids == []
+        assert reply_job_ids(redis_conn) == []
 
 
 def test_mms_media_in_order(client):
