@@ -1,8 +1,9 @@
 """POST /v1/chats/{chat_id}/completions: the user's turn in, the agent's answer out, synchronously.
 
-Three phases, each with its own database connection, so none is held while waiting for a slot
-or for the model (which can take seconds): take a slot, record the user's message and build the
-prompt, ask the model (retrying transient failures with the agent's backoff), record the answer.
+Take a completion slot of the chat (waiting, without a database connection, only when every slot
+is busy), record the user's message and build the prompt, give the connection back and ask the
+model (retrying transient failures with the agent's backoff; it can take seconds), then record the
+answer on a fresh connection.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from ..errors import GatewayError, TransientError
 from ..memory import schedule_after_turn
 from ..models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
 from . import bp
-from .chats import get_chat_or_404
 from .concurrency import Semaphore, SlotsBusy
-from .errors import ApiError, conflict, invalid_field
+from .errors import ApiError, conflict, invalid_field, not_found
 from .serializers import message_json
-from .validation import Field, json_body, string, validate
+from .validation import ID_PATTERN, Field, json_body, string, validate
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +84,32 @@ def check_can_complete(chat: Chat) -> None:
         raise conflict("not_an_api_chat", "This chat is answered over SMS; completions are for API chats.")
 
 
-def record_user_turn(chat_id: str, content: str, settings: Settings, agent: Agent) -> tuple[Message, list]:
-    """Store the user's message (the chat must still be ongoing) and build the prompt after it."""
-    with database.connection_context():
-        chat = get_chat_or_404(chat_id)
-        check_can_complete(chat)
-        now = utcnow()
-        with database.atomic():
-            user_message = Message.create(
-                chat=chat.chat_id, role=Role.USER.value, content=content, created_at=now, updated_at=now
-            )
-            Chat.update(last_activity_at=now).where(Chat.chat_id == chat.chat_id).execute()
-        messages = prompt.build_messages(chat, agent, settings)
+def load_chat(chat_id: str) -> Chat:
+    """The chat named in the URL with its agent (one query); 404 or 409 unless it can answer."""
+    chat = None
+    if ID_PATTERN.match(chat_id):
+        chat = Chat.select(Chat, Agent).join(Agent).where(Chat.chat_id == chat_id).first()
+    if chat is None:
+        raise not_found("chat", chat_id)
+    check_can_complete(chat)
+    return chat
+
+
+def record_user_turn(chat: Chat, content: str, settings: Settings) -> tuple[Message, list]:
+    """Store the user's message (409 if the chat stopped being ongoing) and build the prompt."""
+    now = utcnow()
+    with database.atomic():
+        ongoing = (
+            Chat.update(last_activity_at=now)
+            .where((Chat.chat_id == chat.chat_id) & (Chat.chat_status == ChatStatus.ONGOING.value))
+            .execute()
+        )
+        if not ongoing:
+            raise conflict("chat_not_ongoing", "The chat ended meanwhile; start a new chat.")
+        user_message = Message.create(
+            chat=chat.chat_id, role=Role.USER.value, content=content, created_at=now, updated_at=now
+        )
+    messages = prompt.build_messages(chat, chat.agent, settings)
     if not any(m.get("role") == "user" for m in messages):
         # An agent that keeps no history (num_last_messages 0) still answers the message it got.
         messages.append({"role": "user", "content": content})
@@ -121,19 +135,45 @@ def record_agent_turn(chat_id: str, user_message: Message, completion: llm.Compl
         return message
 
 
-def run_completion(chat_id: str, content: str, settings: Settings, agent: Agent) -> Message:
-    """Record the user's turn, ask the model, record and return the answer (502 when it fails)."""
-    user_message, messages = record_user_turn(chat_id, content, settings, agent)
+def run_completion(chat: Chat, content: str, settings: Settings) -> Message:
+    """Record the user's turn, ask the model, record and return the answer (502 when it fails).
+
+    Runs with the request's connection open; closes it for the model call, opens one after.
+    """
+    user_message, messages = record_user_turn(chat, content, settings)
+    database.close()  # the model can take seconds: hold no connection meanwhile
     try:
-        completion = complete_with_retries(settings, agent, messages)
+        completion = complete_with_retries(settings, chat.agent, messages)
     except GatewayError as exc:
-        log.warning("completion for %s failed: %s", chat_id, exc)
+        log.warning("completion for %s failed: %s", chat.chat_id, exc)
         raise ApiError(
             502,
             "model_error",
             f"The model did not answer: {exc.reason} The user's message is recorded.",
         ) from exc
-    return record_agent_turn(chat_id, user_message, completion)
+    return record_agent_turn(chat.chat_id, user_message, completion)
+
+
+def take_slot(semaphore: Semaphore, chat: Chat) -> str:
+    """A completion slot of the chat; 409 when none frees up in time, 503 when Redis is down.
+
+    The common case takes a free slot at once; only a completion that has to wait gives its
+    database connection back while it waits.
+    """
+    try:
+        token = semaphore.try_acquire()
+        if token is None:
+            database.close()
+            token = semaphore.acquire(SLOT_WAIT_SECONDS)
+    except SlotsBusy:
+        raise conflict(
+            "too_many_invocations",
+            f"{semaphore.limit} completion(s) are already running in this chat (the agent's "
+            f"max_concurrent_invocations); none finished within {SLOT_WAIT_SECONDS:g}s.",
+        ) from None
+    except RedisError as exc:
+        raise ApiError(503, "unavailable", f"Redis did not answer: {exc}") from exc
+    return token
 
 
 @bp.post("/chats/<chat_id>/completions")
@@ -142,39 +182,25 @@ def create_completion(chat_id: str):
     data = validate(json_body(), FIELDS)
     if not data["content"].strip():
         raise invalid_field("content", "must not be blank")
-    chat = get_chat_or_404(chat_id)
-    check_can_complete(chat)
-    agent = Agent.get_by_id(chat.agent_id)
+    chat = load_chat(chat_id)
     settings: Settings = current_app.config["SETTINGS"]
-    database.close()  # nothing is held while we wait for a slot or for the model
-
     redis = current_app.redis  # type: ignore[attr-defined]
-    if redis is None:  # no Redis configured: nothing to count slots with
-        message = run_completion(chat.chat_id, data["content"], settings, agent)
-        return jsonify(messages=[message_json(message)])
+    if redis is None:  # no Redis configured: nothing to count slots with (nor queue for memory)
+        return jsonify(messages=[message_json(run_completion(chat, data["content"], settings))])
 
     semaphore = Semaphore(
         redis,
         f"{settings.queue_prefix}:completions:{chat.chat_id}",
-        limit=agent.max_concurrent_invocations,
-        lease=slot_lease(settings, agent),
+        limit=chat.agent.max_concurrent_invocations,
+        lease=slot_lease(settings, chat.agent),
     )
+    token = take_slot(semaphore, chat)
     try:
-        token = semaphore.acquire(SLOT_WAIT_SECONDS)
-    except SlotsBusy:
-        raise conflict(
-            "too_many_invocations",
-            f"{agent.max_concurrent_invocations} completion(s) are already running in this chat "
-            f"(the agent's max_concurrent_invocations); none finished within {SLOT_WAIT_SECONDS:g}s.",
-        ) from None
-    except RedisError as exc:
-        raise ApiError(503, "unavailable", f"Redis did not answer: {exc}") from exc
-    try:
-        message = run_completion(chat.chat_id, data["content"], settings, agent)
+        message = run_completion(chat, data["content"], settings)
     finally:
         try:
             semaphore.release(token)
         except RedisError:  # the lease ends on its own
             log.warning("could not release completion slot of %s", chat.chat_id)
-    schedule_after_turn(current_app.task_queue, chat, agent)  # type: ignore[attr-defined]  # never raises
+    schedule_after_turn(current_app.task_queue, chat, chat.agent)  # type: ignore[attr-defined]  # never raises
     return jsonify(messages=[message_json(message)])
