@@ -237,6 +237,17 @@ class Bench:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not answer {ready_path}:\n{self.children.log_tail(name)}")
 
+    def server_pids(self, name: str) -> list[int]:
+        """The pids of the worker processes of the gunicorn started under `name`."""
+        import psutil
+
+        pids: list[int] = []
+        for child_name, proc in self.children.procs:
+            if child_name == name:
+                with contextlib.suppress(psutil.Error):
+                    pids += [c.pid for c in psutil.Process(proc.pid).children()]
+        return pids
+
     def stop_child(self, name: str) -> None:
         """Stop the children started under `name`."""
         for child_name, proc in list(self.children.procs):
@@ -339,14 +350,16 @@ def run_load(
     salt: str = "bench",
     max_seconds: float = 30.0,
     timeout: float = 60.0,
+    server_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Send `warmup` then `count` signed inbound-SMS webhooks from `concurrency` keep-alive senders.
 
-    Each of the two phases starts no request after `max_seconds` (a slow target sends fewer).
-
     Runs in a separate process, so the generator's CPU is its own and its timing is not disturbed
-    by the benchmark's threads. Returns latencies (seconds) of the measured requests, the measured
-    wall time, status counts and the generator's own CPU use.
+    by the benchmark's threads. Each phase starts no request after `max_seconds` (a slow target
+    sends fewer). Both phases use the same connections, opened before the clock starts; with
+    `server_pids` (gunicorn's worker processes) they are re-opened until they are spread evenly
+    over those processes (see `connections_per_process`). Returns the measured requests'
+    latencies (seconds), the measured wall time, status counts and the generator's own CPU use.
     """
     spec = {
         "port": port,
@@ -360,18 +373,75 @@ def run_load(
         "salt": salt,
         "max_seconds": max_seconds,
         "timeout": timeout,
+        "balance": bool(server_pids),
     }
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "loadgen"],
-        input=json.dumps(spec).encode(),
-        capture_output=True,
-        timeout=2 * timeout + 30,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env=child_env(),
         cwd=str(BENCH_DIR),
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{proc.stderr.decode(errors='replace')[-3000:]}")
-    return json.loads(proc.stdout)
+    assert proc.stdin is not None and proc.stdout is not None
+    deadline = time.monotonic() + 2 * timeout + 30
+    spread: dict[int, int] = {}
+    tries = 0
+    try:
+        proc.stdin.write((json.dumps(spec) + "\n").encode())
+        proc.stdin.flush()
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"load generator failed:\n{err[-3000:]}")
+            message = json.loads(line)
+            if "ports" not in message:
+                break
+            # The generator connected and waits: go on, or open the connections again.
+            tries += 1
+            spread = connections_per_process(server_pids, message["ports"])
+            even = max(spread.values()) - min(spread.values()) <= max(2, concurrency // 8)
+            answer = "go" if even or tries >= BALANCE_TRIES or time.monotonic() > deadline else "again"
+            proc.stdin.write((answer + "\n").encode())
+            proc.stdin.flush()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    message["connections_per_process"] = sorted(spread.values(), reverse=True)
+    message["balance_tries"] = tries
+    return message
+
+
+# How often the generator may re-open its connections to spread them over gunicorn's workers.
+BALANCE_TRIES = 12
+
+
+def connections_per_process(pids: Sequence[int], client_ports: Sequence[int]) -> dict[int, int]:
+    """How many of the generator's connections (by client port) each server process accepted.
+
+    gunicorn's workers share one listening socket and whichever wakes first accepts: 32 keep-alive
+    connections can all land in one worker, which then serves them on one core while the other
+    idles. That changes from run to run, so a round would measure one core or two by chance; the
+    generator re-opens its connections until they are spread evenly. Waits (up to 2 s) until the
+    server has accepted every connection.
+    """
+    import psutil
+
+    wanted = set(client_ports)
+    counts: dict[int, int] = {}
+    deadline = time.monotonic() + 2.0
+    while True:
+        counts = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+                counts[pid] = sum(1 for c in conns if c.raddr and c.raddr.port in wanted)
+        if sum(counts.values()) >= len(wanted) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.02)
 
 
 class _Load:
@@ -392,7 +462,7 @@ class _Load:
 
     def take(self) -> bytes | None:
         if self.exhausted():
-            self._check_done()
+            self.check_done()
             return None
         req = self.requests[self.next]
         self.next += 1
@@ -407,9 +477,9 @@ class _Load:
         elif status is None:
             self.errors += 1
         self.in_flight -= 1
-        self._check_done()
+        self.check_done()
 
-    def _check_done(self) -> None:
+    def check_done(self) -> None:
         if self.in_flight <= 0 and self.exhausted() and not self.done.done():
             self.done.set_result(None)
 
@@ -419,24 +489,31 @@ _CONNECTION_CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 
 
 class _Sender(asyncio.Protocol):
-    """One keep-alive connection that sends the next request as soon as the previous one is answered."""
+    """One keep-alive connection: sends its batch's next request as soon as the previous one is answered."""
 
-    def __init__(self, load: _Load, reconnect: Any) -> None:
-        self.load = load
-        self.reconnect = reconnect
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.load: _Load | None = None
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.sent_at: float | None = None
+        self.open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def start(self, load: _Load) -> None:
+        """Take part in a batch."""
+        self.load = load
         self.send_next()
 
     def send_next(self) -> None:
+        if self.load is None or not self.open:
+            return
         req = self.load.take()
         if req is None:
-            self.transport.close()  # type: ignore[union-attr]
-            return
+            return  # stays open and idle for the next batch
         self.sent_at = time.perf_counter()
         self.transport.write(req)  # type: ignore[union-attr]
 
@@ -454,74 +531,147 @@ class _Sender(asyncio.Protocol):
         status = int(head[9:12])
         del self.buf[: end + 4 + length]
         self.sent_at = None
-        self.load.finish_one(status, latency)
+        if self.load is not None:
+            self.load.finish_one(status, latency)
         if _CONNECTION_CLOSE.search(head):
             self.transport.close()  # type: ignore[union-attr]
-            self.reconnect()
         else:
             self.send_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.sent_at is not None:  # the server hung up on a request in flight
-            self.sent_at = None
-            self.load.finish_one(None, None)
-            self.reconnect()
+        self.open = False
+        lost_request = self.sent_at is not None
+        self.sent_at = None
+        self.pool.replace(self, lost_request)
 
 
-async def _drive(
-    port: int, requests: list[bytes], concurrency: int, max_seconds: float, timeout: float
-) -> dict[str, Any]:
-    """Send the requests over `concurrency` connections, starting none after `max_seconds`.
+class _Pool:
+    """`concurrency` keep-alive connections to one port, replaced when the server closes one."""
 
-    Returns when every request started is answered (or after `timeout`): latencies, statuses,
-    how many were sent and the wall time from the first send to the last answer.
-    """
-    loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    load = _Load(requests, loop, start + max_seconds)
-    if not requests:
-        return {"latencies": [], "statuses": {}, "errors": 0, "elapsed": 0.0, "timed_out": False, "sent": 0}
-    reconnects = 0
+    def __init__(self, port: int, size: int) -> None:
+        self.port = port
+        self.size = size
+        self.senders: list[_Sender] = []
+        self.reconnects = 0
+        self.closing = False
 
-    def reconnect() -> None:
-        nonlocal reconnects
-        if not load.exhausted() and reconnects < 1000:
-            reconnects += 1
-            loop.create_task(connect())
+    async def open(self) -> None:
+        """Open every connection (none sends yet)."""
+        loop = asyncio.get_running_loop()
+        self.senders = []
+        for _ in range(self.size):
+            _, sender = await loop.create_connection(lambda: _Sender(self), HOST, self.port)
+            self.senders.append(sender)
 
-    async def connect() -> None:
+    def close(self) -> None:
+        """Close every connection."""
+        self.closing = True
+        for sender in self.senders:
+            if sender.transport is not None:
+                sender.transport.close()
+        self.senders = []
+        self.closing = False
+
+    def client_ports(self) -> list[int]:
+        """The local port of each connection (how the server side can be told apart)."""
+        return [s.transport.get_extra_info("sockname")[1] for s in self.senders if s.transport is not None]
+
+    def replace(self, sender: _Sender, lost_request: bool) -> None:
+        """A connection closed: count a request in flight as an error, open another if work is left."""
+        if self.closing or sender not in self.senders:
+            return
+        self.senders.remove(sender)
+        load = sender.load
+        if lost_request and load is not None:
+            load.finish_one(None, None)
+        if load is not None and not load.exhausted() and self.reconnects < 1000:
+            self.reconnects += 1
+            asyncio.get_running_loop().create_task(self._reconnect(load))
+
+    async def _reconnect(self, load: _Load) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(lambda: _Sender(load, reconnect), HOST, port)
+            _, sender = await loop.create_connection(lambda: _Sender(self), HOST, self.port)
         except OSError:
-            req = load.take()
-            if req is not None:
-                load.finish_one(None, None)
-                await asyncio.sleep(0.05)
-                reconnect()
+            await asyncio.sleep(0.05)
+            if not load.exhausted():
+                req = load.take()  # count the request we cannot send as an error
+                if req is not None:
+                    load.finish_one(None, None)
+                loop.create_task(self._reconnect(load))
+            return
+        self.senders.append(sender)
+        sender.start(load)
 
-    for _ in range(min(concurrency, len(requests))):
-        loop.create_task(connect())
-    timed_out = False
-    try:
-        await asyncio.wait_for(asyncio.shield(load.done), timeout)
-    except TimeoutError:
-        timed_out = True
-    elapsed = time.perf_counter() - start
-    return {
-        "latencies": load.latencies,
-        "statuses": load.statuses,
-        "errors": load.errors,
-        "elapsed": elapsed,
-        "timed_out": timed_out,
-        "reconnects": reconnects,
-        "sent": load.next,
-        "capped": load.next < len(load.requests),
-    }
+    async def run(self, requests: list[bytes], max_seconds: float, timeout: float) -> dict[str, Any]:
+        """Send the requests over the pool, starting none after `max_seconds`; wait for the answers."""
+        loop = asyncio.get_running_loop()
+        if requests:
+            while len(self.senders) < self.size:  # the server closed some while they were idle
+                _, sender = await loop.create_connection(lambda: _Sender(self), HOST, self.port)
+                self.senders.append(sender)
+        start = time.perf_counter()
+        load = _Load(requests, loop, start + max_seconds)
+        if not requests:
+            return {
+                "latencies": [],
+                "statuses": {},
+                "errors": 0,
+                "elapsed": 0.0,
+                "timed_out": False,
+                "sent": 0,
+            }
+        for sender in list(self.senders):
+            sender.start(load)
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(load.done), timeout)
+        except TimeoutError:
+            timed_out = True
+        elapsed = time.perf_counter() - start
+        for sender in self.senders:
+            if sender.load is load:
+                sender.load = None
+        return {
+            "latencies": load.latencies,
+            "statuses": load.statuses,
+            "errors": load.errors,
+            "elapsed": elapsed,
+            "timed_out": timed_out,
+            "sent": load.next,
+            "capped": load.next < len(load.requests),
+        }
+
+
+async def _session(spec: dict[str, Any], warm: list[bytes], measured: list[bytes]) -> dict[str, Any]:
+    """Connect (spread over the server's processes when asked), warm up, then measure."""
+    loop = asyncio.get_running_loop()
+    pool = _Pool(spec["port"], spec["concurrency"])
+    await pool.open()
+    if spec.get("balance"):
+        while True:
+            print(json.dumps({"ports": pool.client_ports()}), flush=True)
+            answer = await loop.run_in_executor(None, sys.stdin.readline)
+            if answer.strip() != "again":
+                break
+            pool.close()
+            await asyncio.sleep(0.05)
+            await pool.open()
+    cap, timeout = spec["max_seconds"], spec["timeout"]
+    warm_result = await pool.run(warm, cap, timeout)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = await pool.run(measured, cap, timeout)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    pool.close()
+    result["loadgen_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    result["warmup_statuses"] = warm_result["statuses"]
+    result["reconnects"] = pool.reconnects
+    return result
 
 
 def _loadgen_main() -> None:
-    """The load generator process: build and sign every request first, then warm up, then measure."""
-    spec = json.loads(sys.stdin.read())
+    """The load generator process: build and sign every request first, then connect, warm up, measure."""
+    spec = json.loads(sys.stdin.readline())
     rng = random.Random(spec["first_seq"])
     host_header = f"{HOST}:{spec['port']}"
 
@@ -540,15 +690,8 @@ def _loadgen_main() -> None:
 
     warm = build(spec["first_seq"], spec["warmup"], round_robin=True)
     measured = build(spec["first_seq"] + spec["warmup"], spec["count"], round_robin=False)
-    conc, cap, timeout = spec["concurrency"], spec["max_seconds"], spec["timeout"]
-    warm_result = asyncio.run(_drive(spec["port"], warm, conc, cap, timeout))
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    result = asyncio.run(_drive(spec["port"], measured, conc, cap, timeout))
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    result["loadgen_cpu_s"] = cpu
-    result["warmup_statuses"] = warm_result["statuses"]
-    json.dump(result, sys.stdout)
+    result = asyncio.run(_session(spec, warm, measured))
+    print(json.dumps(result), flush=True)
 
 
 class CpuMeter:

@@ -55,6 +55,8 @@ TUTORIAL_REQUESTS = 64
 TUTORIAL_MODEL_LATENCY = 2.0
 RQ_NOOP_JOBS = 200
 BUDGET_S = 170  # the whole script stays under 3 minutes; past this it stops everything and says so
+BACKEND_NEEDS_S = 65  # a second database is measured only with this much of the budget left
+TUTORIAL_NEEDS_S = 25
 
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 25.0
@@ -183,7 +185,7 @@ def measure_send_latency(port: int, fake_twilio: Any, salt: str, sender_base: in
     }
 
 
-def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[str, Any]:
+def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_base: int) -> dict[str, Any]:
     """Alternating rounds of 32 keep-alive senders against each target; throughput and latency.
 
     Rounds alternate (baseline, gateway, baseline, gateway...), so each gateway round has a baseline
@@ -192,10 +194,18 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
     per_round = max(1, REQUESTS // ROUNDS)
     seq = seq_base
     raw: dict[str, dict[str, Any]] = {
-        name: {"rounds": [], "latencies": [], "statuses": {}, "cpu": 0.0, "elapsed": 0.0, "noise": []}
+        name: {
+            "rounds": [],
+            "latencies": [],
+            "statuses": {},
+            "cpu": 0.0,
+            "elapsed": 0.0,
+            "noise": [],
+            "spread": [],
+        }
         for name in targets
     }
-    for port in targets.values():
+    for port, pids in targets.values():
         h.run_load(
             port,
             WEBHOOK_PATH,
@@ -206,10 +216,11 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
             senders=PEOPLE,
             salt=salt,
             max_seconds=WARMUP_MAX_S,
+            server_pids=pids,
         )
         seq += WARMUP
     for _ in range(ROUNDS):
-        for name, port in targets.items():
+        for name, (port, pids) in targets.items():
             meter = h.CpuMeter()
             out = h.run_load(
                 port,
@@ -221,6 +232,7 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
                 senders=PEOPLE,
                 salt=salt,
                 max_seconds=ROUND_MAX_S,
+                server_pids=pids,
             )
             noise = meter.stop()
             seq += per_round + ROUND_WARMUP
@@ -232,6 +244,7 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
             agg["elapsed"] += out["elapsed"]
             if noise:
                 agg["noise"].append(noise["others"])
+            agg["spread"].append(out["connections_per_process"])
             for key, n in out["statuses"].items():
                 agg["statuses"][key] = agg["statuses"].get(key, 0) + n
             if out["timed_out"]:
@@ -246,6 +259,8 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
             "loadgen_cpu_share": round(agg["cpu"] / agg["elapsed"], 3) if agg["elapsed"] else None,
             # Share of the machine's CPU (both cores) other people's processes used, per round.
             "others_cpu_share_rounds": agg["noise"],
+            # The senders' connections per gunicorn worker in each round (kept even on purpose).
+            "connections_per_worker_rounds": agg["spread"],
             "timed_out": agg.get("timed_out", False),
             **h.summarize_ms(agg["latencies"]),
         }
@@ -256,7 +271,7 @@ def measure_webhook(targets: dict[str, int], salt: str, seq_base: int) -> dict[s
     return results
 
 
-def measure_tutorial(port: int, salt: str) -> dict[str, Any]:
+def measure_tutorial(port: int, pids: list[int], salt: str) -> dict[str, Any]:
     """The tutorial webhook (model called inside the request) at 32 senders, a bounded number of requests."""
     out = h.run_load(
         port,
@@ -268,12 +283,14 @@ def measure_tutorial(port: int, salt: str) -> dict[str, Any]:
         senders=PEOPLE,
         salt=salt,
         timeout=40,
+        server_pids=pids,
     )
     ok = len(out["latencies"])
     return {
         "requests": TUTORIAL_REQUESTS,
         "model_latency_s": TUTORIAL_MODEL_LATENCY,
         "statuses": out["statuses"],
+        "connections_per_worker": out["connections_per_process"],
         "throughput_rps": round(ok / out["elapsed"], 2) if out["elapsed"] else 0.0,
         **h.summarize_ms(out["latencies"]),
     }
@@ -292,24 +309,33 @@ def run_backend(
     from redis import Redis
 
     fake_twilio, fake_model = fakes
+    t0 = time.monotonic()
+    took: dict[str, float] = {}
     Redis.from_url(redis_url).flushdb()  # our own server: the previous backend's queue goes
     settings = gateway_settings(redis_url, database_url, fake_twilio.url, fake_model.url, f"bench-{backend}")
     env = h.child_env(settings_to_env(settings))
     upgrade_database(env, bench.workdir)
     name = f"gateway-{backend}"
     port = bench.start_gunicorn(name, "gateway:create_app()", env, "/healthz")
-    out: dict[str, Any] = {"database": backend}
+    out: dict[str, Any] = {"database": backend, "phase_s": took}
     worker_name = f"worker-{backend}"
     worker = bench.children.start(worker_name, [sys.executable, "-m", "gateway.cli", "worker"], env)
+    took["start"] = round(time.monotonic() - t0, 1)
     try:
         out["webhook_to_send"] = measure_send_latency(port, fake_twilio, f"l{backend[:3]}", 3_000_000)
+        took["send_latency"] = round(time.monotonic() - t0 - sum(took.values()), 1)
     finally:
         bench.children.stop(worker, timeout=20)
+    took["worker_stop"] = round(time.monotonic() - t0 - sum(took.values()), 1)
     if out["webhook_to_send"]["sent"] == 0:
         out["worker_log_tail"] = bench.children.log_tail(worker_name)
-    targets = {"baseline": baseline_port, "gateway": port}
+    targets = {
+        "baseline": (baseline_port, bench.server_pids("baseline")),
+        "gateway": (port, bench.server_pids(name)),
+    }
     out["webhook"] = measure_webhook(targets, f"w{backend[:3]}", seq_base)
     out["ratio"] = out["webhook"].get("ratio")
+    took["webhook_rounds"] = round(time.monotonic() - t0 - sum(took.values()), 1)
     if "200" not in out["webhook"]["gateway"]["statuses"]:
         out["gateway_log_tail"] = bench.children.log_tail(name)
     bench.stop_child(name)
@@ -410,6 +436,8 @@ def print_report(results: dict[str, Any]) -> None:
             f"other people's processes used {min(noise):.0%}-{max(noise):.0%} of the machine's CPU "
             f"during the rounds (median {statistics.median(noise):.0%}): figures carry that noise"
         )
+    for skipped in results.get("skipped", []):
+        print(f"skipped (time budget): {skipped}")
     if results.get("error"):
         print(f"INCOMPLETE: {results['error']}")
 
@@ -447,7 +475,10 @@ def main() -> int:
         "people": PEOPLE,
         "targets": {"throughput_ratio_min": TARGET_RATIO, "gateway_p99_ms_max": TARGET_P99_MS},
         "backends": {},
+        "skipped": [],
+        "phases_done_at_s": {},
     }
+    phases = results["phases_done_at_s"]
     from tests.fakes import FakeModel, FakeTwilio
 
     backends = [("sqlite", None)]
@@ -474,7 +505,12 @@ def main() -> int:
                     "baseline", "baseline_app:create_app()", baseline_env, "/healthz"
                 )
                 results["rq_noop"] = h.summarize_ms(h.rq_noop_round_trips(bench, redis_url, RQ_NOOP_JOBS))
+                phases["rq_noop"] = round(time.monotonic() - started, 1)
                 for i, (backend, url) in enumerate(backends):
+                    left = BUDGET_S - (time.monotonic() - started)
+                    if i > 0 and left < BACKEND_NEEDS_S:
+                        results["skipped"].append(f"{backend}: {left:.0f} s of the budget left")
+                        continue
                     if url is None:
                         url = f"sqlite:///{bench.workdir / 'gateway.sqlite3'}"
                     else:
@@ -488,7 +524,14 @@ def main() -> int:
                         baseline_port,
                         seq_base=(i + 1) * 1_000_000,
                     )
-                results["tutorial"] = measure_tutorial(baseline_port, "tut")
+                    phases[backend] = round(time.monotonic() - started, 1)
+                left = BUDGET_S - (time.monotonic() - started)
+                if left >= TUTORIAL_NEEDS_S:
+                    pids = bench.server_pids("baseline")
+                    results["tutorial"] = measure_tutorial(baseline_port, pids, "tut")
+                    phases["tutorial"] = round(time.monotonic() - started, 1)
+                else:
+                    results["skipped"].append(f"tutorial: {left:.0f} s of the budget left")
             finally:
                 for fake in (slow_model, fake_model, fake_twilio):
                     fake.stop()
