@@ -19,6 +19,7 @@ Failures are recorded on the messages and re-raised, so RQ sees them (and retrie
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -387,12 +388,15 @@ def _mark_opted_out(target: _Target) -> None:
 CLOSE_BATCH = 500
 
 
-def close_silent_chats(settings: Settings, now: datetime | None = None) -> int:
+def close_silent_chats(
+    settings: Settings, now: datetime | None = None, on_ended: Callable[[str], object] | None = None
+) -> int:
     """End ongoing chats silent for longer than their agent's `end_chat_after_silence_ms`.
 
     Each chat is ended by a conditional UPDATE (still ongoing, still silent), so a message that
     arrives meanwhile keeps its chat open, and two sweeps never end (or close-message) one chat
-    twice. SMS chats whose agent has an `auto_close_message` get it by SMS. Returns how many
+    twice. SMS chats whose agent has an `auto_close_message` get it by SMS; `on_ended(chat_id)`
+    is called for each ended chat (the job queues its post-chat analysis). Returns how many
     chats were ended.
     """
     now = now or utcnow()
@@ -419,6 +423,8 @@ def close_silent_chats(settings: Settings, now: datetime | None = None) -> int:
                 ended += 1
                 if agent.auto_close_message and chat.chat_type == ChatType.SMS.value and chat.to_number:
                     _send_auto_close(settings, chat, agent.auto_close_message)
+                if on_ended is not None:
+                    on_ended(chat.chat_id)
     return ended
 
 

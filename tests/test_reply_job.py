@@ -9,6 +9,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
 from gateway import replies
+from gateway.analysis import analysis_job_id
 from gateway.errors import PermanentError, TransientError
 from gateway.models import Agent, Chat, ChatStatus, ChatType, Contact, Message, Role, utcnow
 from gateway.prompt import build_messages
@@ -340,7 +341,7 @@ def test_sweep_replaces_a_failed_job(configured, redis_conn, fake_model, fake_tw
     assert len(fake_twilio.messages) == 1
 
 
-def test_close_silent_chats(configured, fake_twilio):
+def test_close_silent_chats(configured, fake_twilio, redis_conn):
     silent = make_chat(
         end_chat_after_silence_ms=60_000, auto_close_message="Chat closed. Text again anytime!"
     )
@@ -368,3 +369,6 @@ def test_close_silent_chats(configured, fake_twilio):
     assert (sent["From"], sent["To"], sent["Body"]) == (OUR, THEIRS, "Chat closed. Text again anytime!")
     [closing] = agent_parts(silent)
     assert closing.twilio_sid == sent["sid"]
+    # Each ended chat gets its post-chat analysis queued.
+    for chat in (silent, api_chat):
+        assert Job.exists(analysis_job_id(chat.chat_id), connection=redis_conn)

@@ -23,12 +23,14 @@ from rq.utils import current_timestamp
 from rq.worker import Worker
 
 from gateway import db, replies
+from gateway.analysis import schedule_analysis
 from gateway.config import Settings
 from gateway.db import database
 from gateway.errors import PermanentError
 from gateway.models import Agent, Chat, Message, ReplyState, Role, utcnow
 from gateway.queue import LIVE_STATES, connect_redis, enqueue_reply, queue_name, reply_job_id, retry_policy
 
+from . import memory_jobs
 from .context import get_settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ def reply_to_message(message_id: int) -> dict:
             # job FAILED (with the traceback) instead of scheduling another attempt.
             job.retries_left = 0
         raise
+    if outcome.outcome == "answered":
+        memory_jobs.after_reply(outcome.covered[-1] if outcome.covered else message_id)  # never raises
     return {
         "outcome": outcome.outcome,
         "message_id": outcome.message_id,
@@ -69,7 +73,9 @@ def reply_to_message(message_id: int) -> dict:
 
 def close_silent_chats() -> int:
     """End chats silent for longer than their agent allows (sending its closing text); how many."""
-    return replies.close_silent_chats(_settings())
+    settings = _settings()
+    queue = Queue(queue_name(settings), connection=_redis(settings))
+    return replies.close_silent_chats(settings, on_ended=lambda chat_id: schedule_analysis(queue, chat_id))
 
 
 def sweep_unanswered(min_age_seconds: float | None = None) -> int:
