@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 
@@ -95,10 +91,7 @@ def handle_http_exception(exc: HTTPException):
     if not _is_api_request():
         return exc
     status = exc.code or 500
-    if status >= 500:
-        original = getattr(exc, "original_exception", None)
-        if original is not None:
-            log.error("unhandled error on %s %s", request.method, request.path, exc_info=original)
+    if status >= 500:  # Flask has logged the original exception already
         message = "Internal error; the server log has the details."
     else:
         message = exc.description or exc.name

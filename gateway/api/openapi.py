@@ -300,7 +300,11 @@ SCHEMAS: dict[str, Any] = {
             "user_id": nullable({"type": "string"}),
             "from_number": {**nullable({"type": "string"}), "description": "SMS chats: our number."},
             "to_number": {**nullable({"type": "string"}), "description": "SMS chats: the person's number."},
-            "metadata": {"type": "object", "description": "Yours: stored and returned as sent."},
+            "metadata": {
+                "type": "object",
+                "description": "Yours: stored and returned as the same JSON value (object key order "
+                "is not kept: PostgreSQL stores it as jsonb).",
+            },
             "dynamic_variables": {"type": "object", "additionalProperties": {"type": "string"}},
             "start_timestamp": TIMESTAMP,
             "end_timestamp": nullable(TIMESTAMP),
