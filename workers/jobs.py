@@ -106,8 +106,9 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
             .tuples()
         )
     enqueued = 0
+    dead_workers: dict[str, bool] = {}  # worker name -> dead? (asked once per sweep)
     for message_id, chat_id, attempts, delay in rows:
-        if _job_is_live(connection, reply_job_id(message_id)):
+        if _job_is_live(connection, reply_job_id(message_id), dead_workers):
             continue
         job = enqueue_reply(
             queue,
@@ -122,7 +123,7 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
     return enqueued
 
 
-def _job_is_live(connection: Redis, job_id: str) -> bool:
+def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] | None = None) -> bool:
     """True when the job will still run; a dead job is cleared so it can be enqueued afresh.
 
     A job STARTED by a worker that is known to be dead (same host, its process is gone) is handed
@@ -136,7 +137,10 @@ def _job_is_live(connection: Redis, job_id: str) -> bool:
     except NoSuchJobError:
         return False
     status = job.get_status(refresh=False)
-    if status == JobStatus.STARTED and _worker_is_dead(connection, job):
+    cache = {} if dead_workers is None else dead_workers
+    if status == JobStatus.STARTED and job.worker_name not in cache:
+        cache[job.worker_name] = _worker_is_dead(connection, job)
+    if status == JobStatus.STARTED and cache[job.worker_name]:
         log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
         _expire_abandoned(connection, job)
         try:
