@@ -120,9 +120,7 @@ def numbers_configure(phone_number: str, base_url: str | None) -> None:
 def _twilio_or_exit(settings: Settings, factory):
     """The Twilio client, or a clear error when credentials are missing."""
     if not settings.twilio_configured:
-        raise click.ClickException(
-            "set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (environment or .env)"
-        )
+        raise click.ClickException("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (environment or .env)")
     return factory(settings)
 
 

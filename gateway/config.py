@@ -44,6 +44,8 @@ class Settings:
     database_pool_size: int = 20
     # Queue name prefix, so several gateways (or test runs) can share one Redis.
     queue_prefix: str = "smsgw"
+    # `smsgw dev` without Twilio credentials: replies are logged by the worker instead of sent.
+    dev_outbox: bool = False
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -81,6 +83,7 @@ _ENV_NAMES = {
     "worker_concurrency": "WORKER_CONCURRENCY",
     "database_pool_size": "DATABASE_POOL_SIZE",
     "queue_prefix": "SMSGW_QUEUE_PREFIX",
+    "dev_outbox": "SMSGW_DEV_OUTBOX",
 }
 
 

@@ -63,6 +63,8 @@ def dev_settings(settings: Settings, instance_path: str) -> Settings:
         # Without a token there is nothing to check signatures against; say so loudly.
         log.warning("TWILIO_AUTH_TOKEN is unset: webhook signatures are not checked in `smsgw dev`")
         settings = replace(settings, twilio_validate_signatures=False)
+    if not settings.twilio_configured:
+        settings = replace(settings, dev_outbox=True)
     return settings
 
 

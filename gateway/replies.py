@@ -69,7 +69,7 @@ class ReplyOutcome:
 
 
 @dataclass(frozen=True)
-class _Target:
+class SmsTarget:
     """Who the reply goes to (read once, so later phases need no lazy loads)."""
 
     chat_id: str
@@ -107,7 +107,7 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 agent = Agent.get_by_id(chat.agent_id)
                 if chat.chat_type != ChatType.SMS.value or not (chat.from_number and chat.to_number):
                     raise PermanentError("Only SMS chats are answered by SMS.", "not_sms_chat")
-                target = _Target(chat.chat_id, chat.from_number, chat.to_number)
+                target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
                 # Every text of the chat still waiting gets one answer, newer ones included:
                 # a burst of texts is answered as one, and their own jobs find them answered.
                 covered = _pending_ids(target.chat_id)
@@ -186,7 +186,7 @@ def _stored_reply_anchor(chat_id: str) -> int | None:
 
 
 def _store_parts(
-    target: _Target, message_id: int, parts: list[str], completion: llm.Completion
+    target: SmsTarget, message_id: int, parts: list[str], completion: llm.Completion
 ) -> int | None:
     """Store the reply's parts in one transaction; return the message they answer.
 
@@ -224,14 +224,23 @@ def _store_parts(
     return message_id
 
 
-def _send_unsent_parts(settings: Settings, target: _Target, anchor: int) -> int:
+def _send_unsent_parts(settings: Settings, target: SmsTarget, anchor: int) -> int:
     """Send, in order, each part of the reply to `anchor` that has no SID; return how many."""
     with database.connection_context():
         parts = list(
-            Message.select(Message.id, Message.content, Message.part_index, Message.twilio_sid)
+            Message.select(Message.id, Message.content, Message.media, Message.part_index, Message.twilio_sid)
             .where((Message.reply_to == anchor) & (Message.role == Role.AGENT.value))
             .order_by(Message.part_index, Message.id)
         )
+    return send_parts(settings, target, parts)
+
+
+def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> int:
+    """Send, in order, each of these stored parts that has no SID yet; return how many were sent.
+
+    Each part is claimed before the send and its SID stored right after, so a part is never
+    sent twice by two attempts; a permanent failure fails the rest of the parts with its reason.
+    """
     callback = status_callback_url(settings)
     sent = 0
     for index, part in enumerate(parts):
@@ -248,10 +257,11 @@ def _send_unsent_parts(settings: Settings, target: _Target, anchor: int) -> int:
                 from_=target.our_number,
                 to=target.their_number,
                 body=part.content,
+                media_urls=[m["url"] for m in part.media or [] if isinstance(m, dict) and m.get("url")],
                 status_callback=callback,
             )
         except PermanentError as exc:
-            _fail_parts([p.id for p in parts[index:] if not p.twilio_sid], exc)
+            record_part_failure([p.id for p in parts[index:] if not p.twilio_sid], exc)
             if is_opted_out(exc):
                 _mark_opted_out(target)
             raise
@@ -304,7 +314,7 @@ def _our_status(twilio_status: str | None) -> str:
     return status if status in _KNOWN_STATUSES else MessageStatus.QUEUED.value
 
 
-def _fail_parts(part_ids: list[int], error: Exception) -> None:
+def record_part_failure(part_ids: list[int], error: Exception) -> None:
     """Record that these parts will never be sent, with the error that stopped them."""
     if not part_ids:
         return
@@ -353,7 +363,7 @@ def _set_reply_state(message_ids: list[int], state: ReplyState) -> None:
         ).execute()
 
 
-def _opted_out(target: _Target) -> bool:
+def _opted_out(target: SmsTarget) -> bool:
     """True when the person opted out of texts from this number."""
     return (
         Contact.select(Contact.opted_out)
@@ -363,7 +373,7 @@ def _opted_out(target: _Target) -> bool:
     )
 
 
-def _mark_opted_out(target: _Target) -> None:
+def _mark_opted_out(target: SmsTarget) -> None:
     """Twilio says the person opted out (21610): remember it so we stop answering."""
     now = utcnow()
     with database.connection_context(), write_transaction():
@@ -453,7 +463,7 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
     The chat is already ended and this runs from a periodic sweep: raising would only hide the
     other chats' closings behind one person's bad number.
     """
-    target = _Target(chat.chat_id, chat.from_number, chat.to_number)
+    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
     with database.connection_context():
         if _opted_out(target):
             return
@@ -485,7 +495,7 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
             )
         except (PermanentError, TransientError) as exc:
             log.warning("closing message for chat %s not sent: %s", chat.chat_id, exc)
-            _fail_parts(ids[index:], exc)
+            record_part_failure(ids[index:], exc)
             if is_opted_out(exc):
                 _mark_opted_out(target)
             return
