@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # Jobs are enqueued by dotted path, so the web process never imports worker code.
 REPLY_JOB = "workers.jobs.reply_to_message"
+OPENING_JOB = "workers.jobs.send_opening"
 # A reply waits on the model (seconds) and Twilio; past this RQ stops it and retries.
 REPLY_JOB_TIMEOUT = 300
 
@@ -94,4 +95,30 @@ def enqueue_reply(
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
         description=f"reply to message {message_id} in {chat_id}",
+    )
+
+
+def opening_job_id(chat_id: str) -> str:
+    """The job id of an outbound chat's opening text: one per chat."""
+    return f"opening-{chat_id}"
+
+
+def enqueue_opening(
+    queue: Queue, *, chat_id: str, retry: Retry | None, check_existing: bool = True
+) -> Job | None:
+    """Queue the job that writes (if needed) and sends an outbound chat's opening text."""
+    job_id = opening_job_id(chat_id)
+    if check_existing and job_is_live(queue.connection, job_id):
+        return None
+    return queue.enqueue(
+        OPENING_JOB,
+        chat_id,
+        job_id=job_id,
+        # The same per-chat key as replies: an early answer from the person waits for the opening.
+        rate_limit=RateLimit(f"chat:{chat_id}", concurrency=1),
+        retry=retry,
+        job_timeout=REPLY_JOB_TIMEOUT,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"opening text of {chat_id}",
     )

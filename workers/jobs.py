@@ -14,6 +14,7 @@ import socket
 import threading
 from datetime import timedelta
 
+from peewee import fn
 from redis import Redis
 from rq import Queue, get_current_job
 from rq.exceptions import NoSuchJobError
@@ -22,13 +23,22 @@ from rq.registry import StartedJobRegistry
 from rq.utils import current_timestamp
 from rq.worker import Worker
 
-from gateway import db, replies
+from gateway import db, outbound, replies
 from gateway.analysis import schedule_analysis
 from gateway.config import Settings
 from gateway.db import database
 from gateway.errors import PermanentError
-from gateway.models import Agent, Chat, Message, ReplyState, Role, utcnow
-from gateway.queue import LIVE_STATES, connect_redis, enqueue_reply, queue_name, reply_job_id, retry_policy
+from gateway.models import Agent, Chat, ChatStatus, ChatType, Message, MessageStatus, ReplyState, Role, utcnow
+from gateway.queue import (
+    LIVE_STATES,
+    connect_redis,
+    enqueue_opening,
+    enqueue_reply,
+    opening_job_id,
+    queue_name,
+    reply_job_id,
+    retry_policy,
+)
 
 from . import memory_jobs
 from .context import get_settings
@@ -69,6 +79,20 @@ def reply_to_message(message_id: int) -> dict:
         "parts_sent": outcome.parts_sent,
         "covered": list(outcome.covered),
     }
+
+
+def send_opening(chat_id: str) -> dict:
+    """Write (if the caller did not) and send the opening text of outbound SMS chat `chat_id`."""
+    settings = _settings()
+    job = get_current_job()
+    last_attempt = job is None or not job.retries_left
+    try:
+        sent = outbound.send_opening(settings, chat_id, last_attempt=last_attempt)
+    except PermanentError:
+        if job is not None:
+            job.retries_left = 0  # recorded on the chat; RQ records the job FAILED, no retry
+        raise
+    return {"chat_id": chat_id, "parts_sent": sent}
 
 
 def close_silent_chats() -> int:
@@ -120,6 +144,42 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
         if job is not None:
             enqueued += 1
             log.info("sweep: enqueued the reply to unanswered message %s", message_id)
+    return enqueued + _sweep_openings(settings, queue, now - min_age, dead_workers)
+
+
+def _sweep_openings(settings: Settings, queue: Queue, older_than, dead_workers: dict[str, bool]) -> int:
+    """Enqueue the opening of outbound chats whose opening was never written or never all sent."""
+    connection = queue.connection
+    has_messages = Message.select(Message.id).where(Message.chat == Chat.chat_id)
+    unsent_opening = Message.select(Message.id).where(
+        (Message.chat == Chat.chat_id)
+        & (Message.role == Role.AGENT.value)
+        & Message.reply_to.is_null()
+        & Message.twilio_sid.is_null()
+        & (Message.status == MessageStatus.QUEUED.value)
+    )
+    with database.connection_context():
+        rows = list(
+            Chat.select(Chat.chat_id, Agent.retry_attempts, Agent.retry_delay)
+            .join(Agent, on=(Chat.agent == Agent.agent_id))
+            .where(
+                (Chat.chat_status == ChatStatus.ONGOING.value)
+                & (Chat.chat_type == ChatType.SMS.value)
+                & (Chat.start_timestamp <= older_than)
+                & (Chat.start_timestamp >= older_than - SWEEP_MAX_AGE)
+                & (~fn.EXISTS(has_messages) | fn.EXISTS(unsent_opening))
+            )
+            .order_by(Chat.start_timestamp)
+            .limit(SWEEP_BATCH)
+            .tuples()
+        )
+    enqueued = 0
+    for chat_id, attempts, delay in rows:
+        if _job_is_live(connection, opening_job_id(chat_id), dead_workers):
+            continue
+        if enqueue_opening(queue, chat_id=chat_id, retry=retry_policy(attempts, delay), check_existing=True):
+            enqueued += 1
+            log.info("sweep: enqueued the opening text of outbound chat %s", chat_id)
     return enqueued
 
 

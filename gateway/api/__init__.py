@@ -42,4 +42,4 @@ def _require_api_key() -> None:
         raise ApiError(401, "unauthorized", "The API key is wrong.")
 
 
-from . import agents, chats, completions, openapi, phone_numbers  # noqa: E402,F401  (routes register on bp)
+from . import agents, chats, completions, openapi, phone_numbers, sms_chats  # noqa: E402,F401  (routes register on bp)

@@ -1,0 +1,204 @@
+"""Outbound SMS conversations: a chat the gateway starts, its opening text, and sending it.
+
+`start_sms_chat` records everything in one transaction (the chat, the opening text when the
+caller wrote one, the idempotency key) before anything is sent; the `send_opening` job then asks
+the agent for the opening text when there is none and sends the parts that have no Twilio SID,
+exactly like a reply (`gateway.replies.send_parts`). When the person answers, the inbound webhook
+finds this chat by its number pair, so the conversation continues in the same chat.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from peewee import IntegrityError
+
+from . import llm
+from .config import Settings
+from .db import database
+from .errors import PermanentError, TransientError
+from .models import Agent, Chat, ChatStatus, ChatType, Contact, Message, MessageStatus, Role, utcnow
+from .prompt import build_messages
+from .replies import SmsTarget, record_part_failure, send_parts
+from .text import split_sms, to_plain_text
+
+log = logging.getLogger(__name__)
+
+# What the agent is told when it writes the first text of a conversation it starts.
+OPENING_INSTRUCTION = (
+    "(You are starting this text conversation: nobody has written yet. Write the first SMS to "
+    "send to the person, following your instructions. Reply with the message text only.)"
+)
+
+
+class OutboundRefused(Exception):
+    """The conversation cannot start; `status`, `code` and `field` say why to the API caller."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        """Keep what the API error will say."""
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+@dataclass(frozen=True)
+class OutboundRequest:
+    """A validated request to start an SMS conversation."""
+
+    agent: Agent
+    from_number: str
+    to_number: str
+    message: str | None
+    media_urls: tuple[str, ...]
+    metadata: dict
+    dynamic_variables: dict
+
+
+def start_sms_chat(req: OutboundRequest) -> Chat:
+    """Open the SMS chat and store its opening text (if given); the caller enqueues `send_opening`.
+
+    Runs inside the caller's transaction: the chat's unique number pair refuses a second ongoing
+    conversation with the same person, however requests race.
+    """
+    contact = Contact.get_or_none(
+        (Contact.our_number == req.from_number) & (Contact.phone_number == req.to_number)
+    )
+    if contact is not None and contact.opted_out:
+        raise OutboundRefused(
+            409,
+            "opted_out",
+            f"{req.to_number} has opted out of texts from {req.from_number} (they replied STOP); "
+            "nothing was sent. They can opt back in by texting START.",
+            "to_number",
+        )
+    pair = f"{req.from_number}|{req.to_number}"
+    ongoing = Chat.get_or_none(Chat.ongoing_pair == pair)
+    if ongoing is not None:
+        raise OutboundRefused(
+            409,
+            "chat_ongoing",
+            f"A conversation between {req.from_number} and {req.to_number} is ongoing ({ongoing.chat_id}); "
+            "end it first (POST /v1/chats/{chat_id}/end) or continue it.",
+        )
+    now = utcnow()
+    try:
+        with database.atomic():
+            chat = Chat.create(
+                agent=req.agent.agent_id,
+                chat_type=ChatType.SMS.value,
+                chat_status=ChatStatus.ONGOING.value,
+                from_number=req.from_number,
+                to_number=req.to_number,
+                ongoing_pair=pair,
+                metadata=req.metadata,
+                dynamic_variables=req.dynamic_variables,
+                start_timestamp=now,
+                last_activity_at=now,
+            )
+    except IntegrityError as exc:
+        raise OutboundRefused(
+            409, "chat_ongoing", f"A conversation between {req.from_number} and {req.to_number} just started."
+        ) from exc
+    if req.message is not None or req.media_urls:
+        store_opening(chat, split_sms(req.message) if req.message else [""], list(req.media_urls), None)
+    return chat
+
+
+def store_opening(
+    chat: Chat, parts: list[str], media_urls: list[str], completion: llm.Completion | None
+) -> None:
+    """Store the opening text's parts (the first carries the media) before anything is sent."""
+    now = utcnow()
+    Message.insert_many(
+        [
+            {
+                "chat": chat.chat_id,
+                "role": Role.AGENT.value,
+                "content": text,
+                "media": [{"url": url, "content_type": None} for url in media_urls] if index == 0 else [],
+                "status": MessageStatus.QUEUED.value,
+                "from_number": chat.from_number,
+                "to_number": chat.to_number,
+                "part_index": index,
+                "prompt_tokens": completion.prompt_tokens if completion and index == 0 else None,
+                "completion_tokens": completion.completion_tokens if completion and index == 0 else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for index, text in enumerate(parts)
+        ]
+    ).execute()
+
+
+def _opening_parts(chat_id: str) -> list[Message]:
+    """The agent parts that open the chat (they answer no inbound message), in order."""
+    return list(
+        Message.select(Message.id, Message.content, Message.media, Message.part_index, Message.twilio_sid)
+        .where((Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null())
+        .order_by(Message.part_index, Message.id)
+    )
+
+
+def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True) -> int:
+    """Write the opening text if there is none, then send its unsent parts; return how many were sent."""
+    with database.connection_context():
+        chat = Chat.get_or_none(Chat.chat_id == chat_id)
+        if chat is None or chat.chat_status != ChatStatus.ONGOING.value:
+            return 0
+        agent = Agent.get_by_id(chat.agent_id)
+        parts = _opening_parts(chat_id)
+        prompt = None if parts else build_messages(chat, agent, settings)
+    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
+    try:
+        if prompt is not None:
+            prompt.append({"role": "user", "content": OPENING_INSTRUCTION})
+            completion = llm.complete(
+                settings,
+                model=agent.model or settings.openai_model,
+                messages=prompt,
+                temperature=agent.temperature,
+            )
+            texts = split_sms(to_plain_text(completion.text) or completion.text.strip())
+            if not texts:
+                raise TransientError("The model's opening text was empty once formatted for SMS.", "empty")
+            with database.connection_context(), database.atomic():
+                # Another attempt may have stored one meanwhile: keep the first.
+                if not _opening_parts(chat_id):
+                    store_opening(chat, texts, [], completion)
+            with database.connection_context():
+                parts = _opening_parts(chat_id)
+        return send_parts(settings, target, parts)
+    except (PermanentError, TransientError) as exc:
+        if isinstance(exc, PermanentError) or last_attempt:
+            if parts:
+                record_part_failure([p.id for p in parts if not p.twilio_sid], exc)
+            else:
+                _record_opening_failure(chat, exc)
+        raise
+
+
+def _record_opening_failure(chat: Chat, exc: Exception) -> None:
+    """No opening text could be written: a failed agent message says why; the chat ends in `error`."""
+    code = str(getattr(exc, "code", None) or type(exc).__name__)[:16]
+    reason = getattr(exc, "reason", None) or str(exc)
+    now = utcnow()
+    with database.connection_context(), database.atomic():
+        Message.create(
+            chat=chat.chat_id,
+            role=Role.AGENT.value,
+            content="",
+            status=MessageStatus.FAILED.value,
+            error_code=code,
+            error_message=f"The opening text could not be written: {reason}",
+            from_number=chat.from_number,
+            to_number=chat.to_number,
+            part_index=0,
+            created_at=now,
+            updated_at=now,
+        )
+        Chat.update(
+            chat_status=ChatStatus.ERROR.value,
+            end_timestamp=now,
+            end_reason="opening_failed",
+            ongoing_pair=None,
+        ).where(Chat.chat_id == chat.chat_id).execute()
