@@ -248,6 +248,10 @@ class Bench:
                     pids += [c.pid for c in psutil.Process(proc.pid).children()]
         return pids
 
+    def child_pids(self, name: str) -> list[int]:
+        """The pids of the children started under `name` (not their own children)."""
+        return [proc.pid for child_name, proc in self.children.procs if child_name == name]
+
     def stop_child(self, name: str) -> None:
         """Stop the children started under `name`."""
         for child_name, proc in list(self.children.procs):
@@ -692,6 +696,18 @@ def _loadgen_main() -> None:
     measured = build(spec["first_seq"] + spec["warmup"], spec["count"], round_robin=False)
     result = asyncio.run(_session(spec, warm, measured))
     print(json.dumps(result), flush=True)
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds the processes used so far (0 for one that is gone)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
 
 
 class CpuMeter:

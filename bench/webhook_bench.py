@@ -185,7 +185,14 @@ def measure_send_latency(port: int, fake_twilio: Any, salt: str, sender_base: in
     }
 
 
-def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_base: int) -> dict[str, Any]:
+def _median_ms(values: list[float]) -> float | None:
+    """The median of values in seconds, in milliseconds."""
+    return round(statistics.median(values) * 1000, 3) if values else None
+
+
+def measure_webhook(
+    targets: dict[str, tuple[int, list[int]]], salt: str, seq_base: int, redis_pids: list[int]
+) -> dict[str, Any]:
     """Alternating rounds of 32 keep-alive senders against each target; throughput and latency.
 
     Rounds alternate (baseline, gateway, baseline, gateway...), so each gateway round has a baseline
@@ -202,6 +209,8 @@ def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_ba
             "elapsed": 0.0,
             "noise": [],
             "spread": [],
+            "server_cpu": [],
+            "redis_cpu": [],
         }
         for name in targets
     }
@@ -222,6 +231,7 @@ def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_ba
     for _ in range(ROUNDS):
         for name, (port, pids) in targets.items():
             meter = h.CpuMeter()
+            server0, redis0 = h.process_cpu_seconds(pids), h.process_cpu_seconds(redis_pids)
             out = h.run_load(
                 port,
                 WEBHOOK_PATH,
@@ -235,6 +245,12 @@ def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_ba
                 server_pids=pids,
             )
             noise = meter.stop()
+            served = sum(out["statuses"].values()) + sum(out["warmup_statuses"].values())
+            if served:
+                server_cpu = h.process_cpu_seconds(pids) - server0
+                redis_cpu = h.process_cpu_seconds(redis_pids) - redis0
+                raw[name]["server_cpu"].append(server_cpu / served)
+                raw[name]["redis_cpu"].append(redis_cpu / served)
             seq += per_round + ROUND_WARMUP
             agg = raw[name]
             ok = len(out["latencies"])
@@ -261,6 +277,10 @@ def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_ba
             "others_cpu_share_rounds": agg["noise"],
             # The senders' connections per gunicorn worker in each round (kept even on purpose).
             "connections_per_worker_rounds": agg["spread"],
+            # CPU the gunicorn workers used per request answered (warm-up of the round included):
+            # unlike throughput, this hardly moves when other work shares the machine.
+            "server_cpu_ms_per_request": _median_ms(agg["server_cpu"]),
+            "redis_cpu_ms_per_request": _median_ms(agg["redis_cpu"]),
             "timed_out": agg.get("timed_out", False),
             **h.summarize_ms(agg["latencies"]),
         }
@@ -268,6 +288,12 @@ def measure_webhook(targets: dict[str, tuple[int, list[int]]], salt: str, seq_ba
         pairs = [g / b for g, b in zip(raw["gateway"]["rounds"], raw["baseline"]["rounds"], strict=True) if b]
         results["ratio_rounds"] = [round(x, 3) for x in pairs]
         results["ratio"] = round(statistics.median(pairs), 3) if pairs else None
+        g, b = (
+            results["gateway"]["server_cpu_ms_per_request"],
+            results["baseline"]["server_cpu_ms_per_request"],
+        )
+        # What the throughput ratio would be if CPU were the only limit: noise-free, for comparison.
+        results["cpu_ratio"] = round(b / g, 3) if g and b else None
     return results
 
 
@@ -333,7 +359,7 @@ def run_backend(
         "baseline": (baseline_port, bench.server_pids("baseline")),
         "gateway": (port, bench.server_pids(name)),
     }
-    out["webhook"] = measure_webhook(targets, f"w{backend[:3]}", seq_base)
+    out["webhook"] = measure_webhook(targets, f"w{backend[:3]}", seq_base, bench.child_pids("redis"))
     out["ratio"] = out["webhook"].get("ratio")
     took["webhook_rounds"] = round(time.monotonic() - t0 - sum(took.values()), 1)
     if "200" not in out["webhook"]["gateway"]["statuses"]:
@@ -346,10 +372,11 @@ def print_report(results: dict[str, Any]) -> None:
     """The compact table."""
     fm = h.format_ms
     per_round = max(1, REQUESTS // ROUNDS)
-    widths = (52, 11, 10, 10)
+    widths = (52, 11, 10, 10, 12)
     rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
     title = f"webhook ({CONCURRENCY} senders, {PEOPLE} people, {ROUNDS} rounds <= {per_round} req)"
-    rows.append((title, "throughput", "p50", "p99"))
+    rows.append((title, "throughput", "p50", "p99", "server CPU"))
     for backend in results.get("backends", {}).values():
         label = backend["database"]
         web = backend.get("webhook", {})
@@ -357,31 +384,38 @@ def print_report(results: dict[str, Any]) -> None:
             r = web.get(who)
             if r:
                 bad = {k: v for k, v in r["statuses"].items() if k != "200"}
-                note = f"  non-200: {bad}" if bad else ""
+                if bad:
+                    notes.append(f"{text} [{label}]: non-200 answers {bad}")
+                cpu = r.get("server_cpu_ms_per_request")
                 rows.append(
                     (
                         f"{text} [{label}]",
                         f"{r['throughput_rps']:.0f}/s",
                         fm(r["p50_ms"]),
-                        fm(r["p99_ms"]) + note,
+                        fm(r["p99_ms"]),
+                        f"{cpu:.2f} ms/req" if cpu is not None else "-",
                     )
                 )
         if backend.get("ratio") is not None:
             g = web["gateway"]
             ok_ratio = backend["ratio"] >= TARGET_RATIO
             ok_p99 = g["p99_ms"] is not None and g["p99_ms"] < TARGET_P99_MS
+            cpu_ratio = web.get("cpu_ratio")
             rows.append(
                 (
                     f"ratio gateway/baseline [{label}]",
                     f"{backend['ratio']:.2f}",
                     f"(>= {TARGET_RATIO})",
                     "ok" if ok_ratio else "MISSED",
+                    f"{cpu_ratio:.2f} by CPU" if cpu_ratio else "",
                 )
             )
             rows.append(
                 (f"gateway p99 [{label}]", "", f"(< {TARGET_P99_MS:.0f} ms)", "ok" if ok_p99 else "MISSED")
             )
     print(h.table(rows, widths))
+    for note in notes:
+        print(note)
     print()
     rows = [("latency", "", "p50", "p99")]
     for backend in results.get("backends", {}).values():
