@@ -395,8 +395,17 @@ SCHEMAS: dict[str, Any] = {
                 "the default.",
             },
             "message": {
-                "type": "string",
-                "description": "The opening text; without it the agent writes the opening text.",
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 16000,
+                "description": "The opening text, sent as is (split into parts of at most 1600 "
+                "characters); without it the agent writes the opening text.",
+            },
+            "media_urls": {
+                "type": "array",
+                "maxItems": 10,
+                "items": {"type": "string", "format": "uri", "pattern": "^https?://"},
+                "description": "Media (MMS) sent with the first part; Twilio fetches each URL.",
             },
             "metadata": {"type": "object"},
             "dynamic_variables": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -654,15 +663,24 @@ PATHS: dict[str, Any] = {
                     "in": "header",
                     "required": False,
                     "schema": {"type": "string", "maxLength": 255},
-                    "description": "A retried call with the same key and body gets the first answer and "
-                    "starts nothing twice; the same key with another body gets 409.",
+                    "description": "A retried call with the same key and body gets the first answer "
+                    "(with header `Idempotent-Replayed: true`) and starts nothing twice; the same key "
+                    "with another body gets 409 `idempotency_key_reused`.",
                 }
             ],
             "requestBody": json_body(ref("SmsChatCreate")),
             "responses": responses(
                 {"202": json_response("The new chat (chat_type sms_chat).", ref("Chat"))},
                 {
-                    "409": error("The Idempotency-Key was used with another body, or the person opted out."),
+                    "409": error(
+                        "The Idempotency-Key was used with another body (`idempotency_key_reused`), the "
+                        "person opted out (`opted_out`), or a conversation with them is ongoing "
+                        "(`chat_ongoing`)."
+                    ),
+                    "422": error(
+                        "A field is invalid: `from_number` is not one of our numbers, `to_number` is "
+                        "not a valid number, `agent_id` names no agent, ..."
+                    ),
                 },
             ),
         },
