@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +29,25 @@ SQLITE_PRAGMAS = {
 }
 
 
+# One idle connection per SQLite file, open for the life of the process. SQLite checkpoints the
+# WAL (milliseconds of fsync) whenever the LAST connection to a file closes; with this one
+# open, closing a request's or a job's connection stays cheap. Checkpoints still happen as WAL
+# pages accumulate (wal_autocheckpoint).
+_sqlite_anchors: dict[str, sqlite3.Connection] = {}
+_anchors_lock = threading.Lock()
+
+
+def _anchor_sqlite(path: str) -> None:
+    """Keep one connection to `path` open for the life of the process."""
+    with _anchors_lock:
+        if path not in _sqlite_anchors:
+            anchor = sqlite3.connect(path, check_same_thread=False)
+            # SQLite opens the WAL lazily: read once so this connection holds it open.
+            anchor.execute("PRAGMA journal_mode=wal").fetchall()
+            anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            _sqlite_anchors[path] = anchor
+
+
 def open_database(url: str, pool_size: int = 20) -> Database:
     """Create (not connect) the peewee database for a `db_url`-style URL."""
     scheme = urlparse(url).scheme
@@ -34,6 +55,7 @@ def open_database(url: str, pool_size: int = 20) -> Database:
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _anchor_sqlite(path)
         # timeout is sqlite3's own wait for the lock, in seconds, on top of busy_timeout.
         return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
     if scheme in {"postgres", "postgresql"}:
