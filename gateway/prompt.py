@@ -83,16 +83,26 @@ def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = Non
     return rows
 
 
+# The texts being answered (the user's messages after the agent's last turn) always reach the
+# model, however small the window: up to this many of them.
+MAX_NEW_MESSAGES = 20
+
+
 def history_turns(chat: Chat, agent: Agent, *, upto_message_id: int | None = None) -> list[dict[str, Any]]:
     """The recent conversation as alternating user/assistant turns.
 
-    With `full_session_memory` off, only the newest user message(s) (those after the agent's
-    last turn) are kept.
+    The window holds the last `num_last_messages` messages; the user's newest messages (those
+    after the agent's last turn, the ones being answered) are always included, even with a
+    window of 0. With `full_session_memory` off, only those newest messages are kept.
     """
-    rows = recent_messages(chat, agent.num_last_messages, upto_message_id=upto_message_id)
+    window_size = max(agent.num_last_messages, 0)
+    rows = recent_messages(chat, max(window_size, MAX_NEW_MESSAGES), upto_message_id=upto_message_id)
+    newest = trailing_user_messages(rows)
     if not agent.full_session_memory:
-        rows = trailing_user_messages(rows)
-    return merge_turns(rows)
+        return merge_turns(newest)
+    window = rows[len(rows) - window_size :] if window_size else []
+    newest_ids = {row.id for row in newest}
+    return merge_turns([row for row in window if row.id not in newest_ids] + newest)
 
 
 def trailing_user_messages(rows: list[Message]) -> list[Message]:

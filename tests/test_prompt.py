@@ -221,3 +221,20 @@ def test_cost_does_not_grow_with_chat_length(database):
 
     messages = build_messages(long_chat, agent, SETTINGS)
     assert messages[1]["content"].split("\n") == [f"l{i}" for i in range(1980, 2000)]
+
+
+def test_the_texts_being_answered_always_reach_the_model(app, settings):
+    """A window of 0 (or 1, with a burst of three texts) still carries every text being answered."""
+    from gateway.models import Agent, Chat, Message
+    from gateway.prompt import build_messages
+
+    for window in (0, 1):
+        agent = Agent.create(name=f"w{window}", num_last_messages=window, system_prompt="Be brief.")
+        chat = Chat.create(agent=agent, chat_type="sms_chat")
+        Message.create(chat=chat, role="user", content="old question")
+        Message.create(chat=chat, role="agent", content="old answer")
+        for text in ("one", "two", "three"):
+            Message.create(chat=chat, role="user", content=text)
+        messages = build_messages(chat, agent, settings)
+        assert messages[-1] == {"role": "user", "content": "one\ntwo\nthree"}
+        assert not any("old" in m["content"] for m in messages[1:])
