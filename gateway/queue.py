@@ -43,8 +43,12 @@ def queue_name(settings: Settings, name: str = "default") -> str:
 
 
 def reply_job_id(message_id: int) -> str:
-    """The job id of the reply to one inbound message: deterministic, so it is enqueued once."""
-    return f"reply-{message_id}"
+    """The job id of the reply to one inbound message: deterministic, so it is enqueued once.
+
+    Zero-padded: RQ's rate limiter breaks ties between jobs queued in the same second by job id
+    as text, and "reply-10" would sort before "reply-9".
+    """
+    return f"reply-{message_id:012d}"
 
 
 def job_is_live(connection: Redis, job_id: str) -> bool:

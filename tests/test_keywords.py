@@ -11,6 +11,7 @@ from gateway.agents import DEFAULT_HELP_MESSAGE
 from gateway.analysis import analysis_job_id
 from gateway.keywords import Keyword, match_keyword
 from gateway.models import Agent, Chat, Contact, Message, PhoneNumber
+from gateway.queue import reply_job_id
 from tests.conftest import post_twilio
 from tests.payloads import KEYWORD_CASES, OUR_NUMBER, PERSON, inbound_sms
 
@@ -85,7 +86,7 @@ def test_stop_then_start(client, redis_conn):
 
     _, _, back = send(client, "hi again")
     assert back.reply_state == "pending"
-    assert reply_jobs(redis_conn) == [f"reply-{back.id}"]
+    assert reply_jobs(redis_conn) == [reply_job_id(back.id)]
     # STOP ended the conversation (its analysis is queued); later texts are in a new chat.
     stopped = Chat.get_by_id(stop.chat_id)
     assert (stopped.chat_status, stopped.end_reason, stopped.ongoing_pair) == ("ended", "opt_out", None)

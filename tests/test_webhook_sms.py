@@ -13,7 +13,7 @@ from rq.job import Job
 from gateway import create_app
 from gateway.keywords import Keyword, match_keyword
 from gateway.models import Chat, Contact, Message
-from gateway.queue import REPLY_JOB, queue_name
+from gateway.queue import REPLY_JOB, queue_name, reply_job_id
 from tests import payloads
 from tests.conftest import PUBLIC_BASE_URL, post_twilio, sign
 from tests.payloads import INBOUND_CASES, OUR_NUMBER, PERSON, inbound_sms
@@ -92,8 +92,8 @@ def test_inbound_payloads(client, settings, redis_conn, case, form, reply_state,
 
     job_ids = reply_queue(settings, redis_conn).job_ids
     if queued:
-        assert job_ids == [f"reply-{message.id}"]
-        job = Job.fetch(f"reply-{message.id}", connection=redis_conn)
+        assert job_ids == [reply_job_id(message.id)]
+        job = Job.fetch(reply_job_id(message.id), connection=redis_conn)
         assert job.func_name == REPLY_JOB
         assert job.args == (message.id,)
         assert job.retries_left == 3  # the default agent's retry_attempts
@@ -126,10 +126,10 @@ def test_messages_from_one_pair_share_the_ongoing_chat(client, settings, redis_c
     assert only_message(second["MessageSid"]).chat_id == chat.chat_id
     assert Chat.get_by_id(chat.chat_id).last_activity_at >= before
     ids = [m.id for m in Message.select().order_by(Message.id)]
-    assert reply_job_ids(redis_conn) == sorted(f"reply-{i}" for i in ids)
+    assert reply_job_ids(redis_conn) == sorted(reply_job_id(i) for i in ids)
     # One reply at a time per chat: the first is queued, the second waits for its turn.
-    assert reply_queue(settings, redis_conn).job_ids == [f"reply-{ids[0]}"]
-    assert Job.fetch(f"reply-{ids[1]}", connection=redis_conn).get_status() == "rate_limited"
+    assert reply_queue(settings, redis_conn).job_ids == [reply_job_id(ids[0])]
+    assert Job.fetch(reply_job_id(ids[1]), connection=redis_conn).get_status() == "rate_limited"
     assert Contact.select().count() == 1
 
 
