@@ -195,28 +195,12 @@ def fresh(chat: Chat) -> Chat:
     return Chat.get_by_id(chat.chat_id)
 
 
-def text_and_answer(settings, chat: Chat, body: str) -> dict:
+def text_and_answer(settings, fake_model, chat: Chat, body: str) -> dict:
     """The person texts `body`; the real reply path answers; returns the agent's model request."""
     message = inbound(chat, body)
-    before = len(_requests())
+    before = len(fake_model.requests)
     assert replies.answer_message(settings, message.id).outcome == "answered"
-    return [r for r in _requests()[before:] if kind_of(r) == "agent"][-1]
-
-
-_FAKE: list = []
-
-
-def _requests() -> list[dict]:
-    """The fake model's requests (set by the `recorder` fixture)."""
-    return _FAKE[0].requests
-
-
-@pytest.fixture(autouse=True)
-def recorder(fake_model):
-    """Let `text_and_answer` find the fake model."""
-    _FAKE[:] = [fake_model]
-    yield
-    _FAKE.clear()
+    return [r for r in fake_model.requests[before:] if kind_of(r) == "agent"][-1]
 
 
 # --- pure rules ------------------------------------------------------------------------------------
@@ -259,7 +243,7 @@ def test_num_last_messages_limits_history_to_n(configured, fake_model, fake_twil
     for i in range(6):
         exchange(chat, f"text {i}", f"answer {i}")
 
-    request = text_and_answer(configured, chat, "text 6")
+    request = text_and_answer(configured, fake_model, chat, "text 6")
 
     assert request["messages"] == [
         {"role": "system", "content": "You are a test agent."},
@@ -276,7 +260,7 @@ def test_full_session_memory_off_sends_only_the_new_text(configured, fake_model,
     for i in range(3):
         exchange(chat, f"text {i}", f"answer {i}")
 
-    request = text_and_answer(configured, chat, "the new one")
+    request = text_and_answer(configured, fake_model, chat, "the new one")
 
     assert request["messages"] == [
         {"role": "system", "content": "You are a test agent."},
@@ -306,7 +290,7 @@ def test_summary_carries_a_fact_from_beyond_the_window(configured, fake_model, f
         == Message.select().where(Message.chat == chat).order_by(Message.id.desc())[0].id
     )
 
-    request = text_and_answer(configured, fresh(chat), "What is my dog called?")
+    request = text_and_answer(configured, fake_model, fresh(chat), "What is my dog called?")
 
     system = request["messages"][0]["content"]
     assert system.startswith("You are a test agent.\n\n" + SUMMARY_HEADING + "\n")
@@ -337,7 +321,7 @@ def test_summary_memory_off_shows_no_summary_and_runs_no_job(
     Chat.update(summary="The person likes Biscuit.").where(Chat.chat_id == chat.chat_id).execute()
 
     assert schedule_after_turn(queue, chat, agent) == []
-    request = text_and_answer(configured, fresh(chat), "hello")
+    request = text_and_answer(configured, fake_model, fresh(chat), "hello")
 
     assert SUMMARY_HEADING not in request["messages"][0]["content"]
     assert not requests_of(fake_model, "summary")
@@ -388,7 +372,7 @@ def test_summary_update_reads_only_new_messages_and_at_most_the_cap(configured, 
 def test_profile_carries_across_chats_after_auto_close(configured, fake_model, fake_twilio, brain, queue):
     agent = new_agent(user_analysis_memory=True, end_chat_after_silence_ms=60_000)
     first = sms_chat(agent)
-    text_and_answer(configured, first, "Hi, my name is Zanzibar")
+    text_and_answer(configured, fake_model, first, "Hi, my name is Zanzibar")
     schedule_after_turn(queue, first, agent)
     run_jobs(queue)
     assert not requests_of(fake_model, "profile")  # one text, chat ongoing: not due yet
@@ -401,13 +385,14 @@ def test_profile_carries_across_chats_after_auto_close(configured, fake_model, f
     run_jobs(queue)
 
     assert fresh(first).chat_status == ChatStatus.ENDED.value
+    assert fresh(first).chat_analysis["user_sentiment"] == "positive"
     profile = UserProfile.get_by_id(f"phone:{THEIRS}")
     assert profile.profile["name"] == "Zanzibar"
     [profile_request] = requests_of(fake_model, "profile")
     assert "Person: Hi, my name is Zanzibar" in profile_request["messages"][1]["content"]
 
     second = sms_chat(agent)  # the next chat with the same person
-    request = text_and_answer(configured, second, "Do you know who I am?")
+    request = text_and_answer(configured, fake_model, second, "Do you know who I am?")
 
     system = request["messages"][0]["content"]
     assert PROFILE_HEADING in system
