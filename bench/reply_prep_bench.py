@@ -1,8 +1,8 @@
 """Reply preparation time vs chat length: database reads plus prompt building, the model excluded.
 
 Run: .venv/bin/python bench/reply_prep_bench.py [--runs 200] [--sizes 10,1000,10000]
-     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench adds a PostgreSQL column
-     (that database is emptied first: DROP SCHEMA public CASCADE).
+     BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/reply_prep_bench adds a PostgreSQL column
+     (that scratch database is created if missing and emptied first: DROP SCHEMA public CASCADE).
 
 What one run does is what the reply job (gateway/replies.py, answer_message phase 1) does before
 it calls the model, on a chat of N messages with every memory setting on (full_session_memory,
@@ -32,11 +32,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gateway import db, replies  # noqa: E402
+from gateway import db  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.db import database  # noqa: E402
 from gateway.memory import PROFILE_HEADING, SUMMARY_HEADING  # noqa: E402
-from gateway.models import Agent, Chat, ChatType, Message, Role, UserProfile, utcnow  # noqa: E402
+from gateway.models import (  # noqa: E402
+    Agent,
+    Chat,
+    ChatType,
+    Contact,
+    Message,
+    ReplyState,
+    Role,
+    UserProfile,
+    utcnow,
+)
 from gateway.prompt import build_messages  # noqa: E402
 
 OUR = "+15005550006"
@@ -120,16 +130,27 @@ def fill(sizes: list[int]) -> dict[int, int]:
 
 
 def prepare(settings: Settings, message_id: int) -> list[dict]:
-    """What the reply job does before the model call (answer_message, phase 1)."""
+    """What the reply job reads before the model call (gateway/replies.py answer_message, phase 1).
+
+    The same queries, spelled out here so the benchmark does not lean on the reply module's
+    private helpers: the message, chat and agent; the chat's pending texts; the opt-out flag; the
+    check for a stored-but-unsent reply; then the prompt.
+    """
     with database.connection_context():
         message = Message.get_or_none(Message.id == message_id)
         chat = Chat.get_by_id(message.chat_id)
         agent = Agent.get_by_id(chat.agent_id)
-        target = replies._Target(chat.chat_id, chat.from_number, chat.to_number)
-        replies._pending_ids(target.chat_id, upto=message_id)
-        replies._opted_out(target)
-        replies._stored_reply_anchor(target.chat_id)
-        return build_messages(chat, agent, settings, upto_message_id=message_id)
+        pending_query = Message.select(Message.id).where(
+            (Message.chat == chat.chat_id) & (Message.reply_state == ReplyState.PENDING.value)
+        )
+        pending = [row.id for row in pending_query.order_by(Message.id).limit(100)]
+        Contact.select(Contact.opted_out).where(
+            (Contact.our_number == chat.from_number) & (Contact.phone_number == chat.to_number)
+        ).scalar()
+        Message.select(Message.reply_to).where(
+            (Message.role == Role.AGENT.value) & Message.reply_to.in_(pending_query)
+        ).order_by(Message.reply_to.desc()).first()
+        return build_messages(chat, agent, settings, upto_message_id=max(pending, default=message_id))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -171,10 +192,23 @@ def measure(url: str, sizes: list[int], runs: int) -> dict[int, tuple[float, flo
 
 
 def reset_postgres(url: str) -> None:
-    """Empty the benchmark's PostgreSQL database."""
+    """Empty the benchmark's PostgreSQL database (created first when it does not exist)."""
+    from urllib.parse import urlparse, urlunparse
+
     import psycopg2
 
-    conn = psycopg2.connect(url)
+    try:
+        conn = psycopg2.connect(url)
+    except psycopg2.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        name = urlparse(url).path.lstrip("/")
+        admin = psycopg2.connect(urlunparse(urlparse(url)._replace(path="/postgres")))
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        admin.close()
+        conn = psycopg2.connect(url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
