@@ -166,6 +166,7 @@ class Chat(BaseModel):
             (("agent", "start_timestamp", "chat_id"), False),
             (("chat_status", "start_timestamp", "chat_id"), False),
             (("user_id", "start_timestamp", "chat_id"), False),
+            (("chat_type", "start_timestamp", "chat_id"), False),
             (("chat_status", "last_activity_at"), False),
             # A person's SMS chats (user profile memory, gateway/memory.py).
             (("to_number", "chat_type"), False),
