@@ -138,7 +138,9 @@ def test_create_read_list_update_delete(client):
     agent_id = agent["agent_id"]
     assert agent_id.startswith("agent_")
     assert agent["temperature"] == 0.3
-    assert agent["analysis_fields"] == [{"name": "sentiment", "description": "how they feel"}]
+    assert agent["analysis_fields"] == [
+        {"name": "sentiment", "type": "string", "description": "how they feel"}
+    ]
     assert agent["is_default"] is False
     assert agent["created_at"].endswith("Z")
 

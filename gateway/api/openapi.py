@@ -146,11 +146,23 @@ AGENT_SETTINGS: dict[str, Any] = {
     "analysis_fields": {
         "type": "array",
         "default": [],
-        "description": "Custom post-chat analysis fields; each object needs a `name` (other keys are kept).",
+        "maxItems": 50,
+        "description": "Custom post-chat analysis fields, judged by the model when a chat ends and "
+        "returned in `chat_analysis.custom_analysis_data`. Names are unique; `choices` only (and always) "
+        "with type `enum`.",
         "items": {
             "type": "object",
             "required": ["name"],
-            "properties": {"name": {"type": "string", "minLength": 1, "description": "Not blank."}},
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+                "type": {
+                    "type": "string",
+                    "enum": ["string", "number", "boolean", "enum"],
+                    "default": "string",
+                },
+                "description": {"type": "string", "maxLength": 2000},
+                "choices": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+            },
         },
     },
 }

@@ -152,18 +152,14 @@ def string_map(*, max_value_length: int = 10_000) -> Checker:
 
 
 def analysis_fields() -> Checker:
-    """A list of objects, each naming a custom post-chat analysis field (`name`, more keys kept)."""
+    """Custom post-chat analysis fields, in the shape `gateway.analysis` documents and reads."""
+    from ..analysis import validate_analysis_fields
 
     def check(name: str, value: Any) -> Any:
-        if not isinstance(value, list):
-            raise invalid_field(name, "must be an array of objects")
-        for index, item in enumerate(value):
-            where = f"{name}[{index}]"
-            if not isinstance(item, dict):
-                raise invalid_field(where, "must be an object")
-            if not isinstance(item.get("name"), str) or not item["name"].strip():
-                raise invalid_field(f"{where}.name", "must be a non-empty string")
-        return value
+        try:
+            return validate_analysis_fields(value)
+        except ValueError as exc:
+            raise invalid_field(name, str(exc)) from None
 
     return check
 
