@@ -169,11 +169,11 @@ class Children:
             os.killpg(proc.pid, signal.SIGKILL)
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
 
-    def stop_all(self) -> None:
-        """Stop every child still running, newest first."""
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Stop every child still running, newest first; SIGKILL what lingers past `timeout` seconds."""
         for _, proc in reversed(list(self.procs)):
             with contextlib.suppress(Exception):
-                self.stop(proc)
+                self.stop(proc, timeout=timeout)
 
 
 class Bench:
