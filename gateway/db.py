@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -75,6 +79,65 @@ def open_database(url: str, pool_size: int = 20) -> Database:
     return connect_url(url)
 
 
+class _WriteLock:
+    """One writer at a time across this machine's processes, without SQLite's sleepy busy handler.
+
+    SQLite's busy handler polls with sleeps of up to 100 ms, which under a burst of webhooks is
+    what the slowest requests wait for. Writers here queue on a threading lock (within the
+    process) and an flock on a file beside the database (across processes): both wake the next
+    writer the moment the lock is released.
+    """
+
+    def __init__(self) -> None:
+        """No lock file yet: `configure` opens it for a SQLite database."""
+        self._thread_lock = threading.RLock()
+        self._local = threading.local()
+        self._fd: int | None = None
+
+    def configure(self, path: str | None) -> None:
+        """Use the lock file beside SQLite database `path` (None: no cross-process lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if path:
+            self._fd = os.open(path + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the write lock (re-entrant within a thread)."""
+        with self._thread_lock:
+            depth = getattr(self._local, "depth", 0)
+            if depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+                if depth == 0 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_write_lock = _WriteLock()
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """A transaction that reads then writes; on SQLite it takes the write lock up front.
+
+    With a plain (deferred) BEGIN, two SQLite connections that both read before writing can
+    deadlock, and one fails at once with "database is locked"; BEGIN IMMEDIATE under the
+    machine-wide writer queue (`_WriteLock`) makes them wait their turn. PostgreSQL needs nothing
+    special: its row locks do the same.
+    """
+    if not is_sqlite():
+        with database.atomic():
+            yield
+        return
+    with _write_lock.hold(), database.atomic(lock_type="IMMEDIATE"):
+        yield
+
+
 def init_database(url: str, pool_size: int = 20) -> Database:
     """Point the proxy at the database for `url` and return it."""
     current = database.obj
@@ -82,6 +145,8 @@ def init_database(url: str, pool_size: int = 20) -> Database:
         current.close()
     db = open_database(url, pool_size=pool_size)
     database.initialize(db)
+    path = url.split("sqlite:///", 1)[-1] if url.startswith("sqlite") else None
+    _write_lock.configure(path if path and path != ":memory:" else None)
     return db
 
 

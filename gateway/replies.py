@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import db, llm
+from . import llm
 from .config import Settings
-from .db import database
+from .db import database, write_transaction
 from .errors import PermanentError, TransientError, is_opted_out
 from .models import (
     Agent,
@@ -75,11 +75,6 @@ class SmsTarget:
     chat_id: str
     our_number: str
     their_number: str
-
-
-def write_transaction():
-    """A read-then-write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-    return database.atomic(lock_type="IMMEDIATE") if db.is_sqlite() else database.atomic()
 
 
 def status_callback_url(settings: Settings) -> str | None:

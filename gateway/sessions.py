@@ -8,15 +8,11 @@ the insert hits the unique index. Call these inside `write_transaction()`.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from peewee import JOIN, IntegrityError
 
-from . import db
 from .agents import inbound_agent_for
 from .db import database
 from .models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
@@ -41,27 +37,6 @@ class ContactState:
     id: int
     opted_out: bool
     created: bool
-
-
-# Writers in one process queue here rather than on SQLite's lock: its busy handler polls with
-# sleeps of up to 100 ms, which under a burst of webhooks is what the slowest requests wait for.
-_sqlite_writers = threading.RLock()
-
-
-@contextmanager
-def write_transaction() -> Iterator[None]:
-    """A transaction that reads then writes: on SQLite it takes the write lock up front.
-
-    With a plain (deferred) BEGIN, two SQLite connections that both read before writing can
-    deadlock, and one fails at once with "database is locked" instead of waiting; BEGIN
-    IMMEDIATE makes them wait their turn. PostgreSQL needs nothing special.
-    """
-    if not db.is_sqlite():
-        with database.atomic():
-            yield
-        return
-    with _sqlite_writers, database.atomic(lock_type="IMMEDIATE"):
-        yield
 
 
 def pair_key(our_number: str, their_number: str) -> str:

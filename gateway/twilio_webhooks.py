@@ -20,6 +20,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from .agents import DEFAULT_HELP_MESSAGE
 from .analysis import schedule_analysis
+from .db import write_transaction
 from .keywords import Keyword, match_keyword
 from .models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
 from .queue import enqueue_reply, retry_policy
@@ -31,7 +32,6 @@ from .sessions import (
     set_contact_opt_out,
     sms_session,
     touch_chat,
-    write_transaction,
 )
 from .signature import twilio_signature_required
 from .statuses import (

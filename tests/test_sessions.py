@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from gateway.db import database
+from gateway.db import database, write_transaction
 from gateway.models import Agent, Chat, Contact, PhoneNumber
-from gateway.sessions import contact_state, set_opted_out, sms_session, write_transaction
+from gateway.sessions import contact_state, set_opted_out, sms_session
 from tests.payloads import OTHER_PERSON, OUR_NUMBER, PERSON
 
 
