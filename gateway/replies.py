@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import llm
+from . import llm, media
 from .config import Settings
 from .db import database, write_transaction
 from .errors import PermanentError, TransientError, is_opted_out
@@ -112,10 +112,11 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                     return ReplyOutcome("opted_out", message_id, covered=tuple(covered))
                 anchor = _stored_reply_anchor(target.chat_id)
                 if anchor is None:
-                    prompt = build_messages(chat, agent, settings, upto_message_id=newest)
+                    prompt = build_messages(chat, agent, settings, upto_message_id=newest, images=True)
 
             if anchor is None:
-                # No connection is held while the model thinks.
+                # No connection is held while media downloads and the model thinks.
+                prompt = media.resolve_images(settings, prompt)
                 completion = llm.complete(
                     settings,
                     model=agent.model or settings.openai_model,
