@@ -101,6 +101,7 @@ class Agent(BaseModel):
     auto_close_message = TextField(null=True)
     help_message = TextField(null=True)
     fallback_message = TextField(null=True)  # sent when the model cannot answer; None: built-in text
+    fallback_enabled = BooleanField(default=True)  # False: a model failure sends nothing
     accepts_images = BooleanField(default=False)
     analysis_fields = JSONField(default=list)  # custom post-chat analysis fields
     is_default = BooleanField(default=False, index=True)

@@ -14,6 +14,13 @@ connection only briefly (none while the model or Twilio is being waited on):
 Because the parts are stored before the first send and a part with a SID is never sent again,
 a crash anywhere repeats at most the one send whose SID was not stored yet (see SEND_LEASE).
 Failures are recorded on the messages and re-raised, so RQ sees them (and retries transient ones).
+
+When the model fails for good (a PermanentError, or a TransientError on the last attempt), the
+agent's fallback text (`fallback_message`, else FALLBACK_MESSAGE; unless `fallback_enabled` is
+off) is the reply: stored as parts with the model's error recorded on the inbound messages in
+the same transaction, sent like any reply, then those messages are marked `failed` (a pending
+inbound message with an error_code is one answered by a fallback), and the model's error is
+re-raised for RQ. Twilio failures never bring a fallback: it would fail the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from datetime import datetime, timedelta
 from . import llm, media
 from .config import Settings
 from .db import database, write_transaction
-from .errors import PermanentError, TransientError, is_opted_out
+from .errors import GatewayError, PermanentError, TransientError, is_opted_out
 from .models import (
     Agent,
     Chat,
@@ -56,6 +63,8 @@ _KNOWN_STATUSES = {s.value for s in MessageStatus} | {"sending"}
 IN_PROGRESS = "reply_in_progress"
 # At most this many waiting texts are answered by one reply (the rest get the next one).
 MAX_COVERED = 50
+# What the person gets when the model cannot answer and the agent has no fallback_message.
+FALLBACK_MESSAGE = "Sorry, I can't answer right now. Please try again later."
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,12 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
     """Answer inbound message `message_id` (and the pending ones before it) exactly once.
 
     Raises TransientError to be retried; on the `last_attempt` a transient failure is recorded
-    as the messages' failure first. PermanentError is recorded, then raised.
+    as the messages' failure first. PermanentError is recorded, then raised. A model failure
+    that is final sends the agent's fallback text first (see the module's docstring).
     """
     covered: list[int] = [message_id]
     sent = 0
+    model_failure: GatewayError | None = None
     try:
         # Usually one turn; a second when this attempt first finished an older stored reply that
         # did not cover this message.
@@ -117,28 +128,42 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
             if anchor is None:
                 # No connection is held while media downloads and the model thinks.
                 prompt = media.resolve_images(settings, prompt)
-                completion = llm.complete(
-                    settings,
-                    model=agent.model or settings.openai_model,
-                    messages=prompt,
-                    temperature=agent.temperature,
-                )
-                parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
-                if not parts:
-                    raise TransientError(
-                        "The model's answer was empty once formatted for SMS.", "empty_response"
+                completion: llm.Completion | None = None
+                try:
+                    completion = llm.complete(
+                        settings,
+                        model=agent.model or settings.openai_model,
+                        messages=prompt,
+                        temperature=agent.temperature,
                     )
-                anchor = _store_parts(target, newest, parts, completion)
+                    parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
+                    if not parts:
+                        raise TransientError(
+                            "The model's answer was empty once formatted for SMS.", "empty_response"
+                        )
+                except GatewayError as exc:
+                    if not _falls_back(agent, exc, last_attempt):
+                        raise
+                    log.warning(
+                        "model failed for good in chat %s (%s); sending the fallback", target.chat_id, exc
+                    )
+                    completion, parts, model_failure = None, split_sms(fallback_text(agent)), exc
+                anchor, stored = _store_parts(target, newest, parts, completion, failure=model_failure)
                 if anchor is None:  # answered by another attempt meanwhile
                     return ReplyOutcome("skipped", message_id)
+                if not stored:
+                    model_failure = None  # another attempt's stored reply goes out instead
 
             with database.connection_context():
                 covered = _pending_ids(target.chat_id, upto=anchor)
             sent += _send_unsent_parts(settings, target, anchor)
             with database.connection_context():
-                _set_reply_state(covered, ReplyState.ANSWERED)
+                fell_back = _finish_reply(covered)
+            if model_failure is not None:
+                raise model_failure  # the person has the fallback; RQ records the model's failure
             if anchor >= message_id:
-                return ReplyOutcome("answered", message_id, sent, tuple(covered))
+                outcome = "fallback" if fell_back else "answered"
+                return ReplyOutcome(outcome, message_id, sent, tuple(covered))
     except PermanentError as exc:
         _record_failure(covered, exc)
         raise
@@ -151,6 +176,17 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         if last_attempt:
             _record_failure(covered, PermanentError(f"Internal error: {exc!r}"[:500], "internal_error"))
         raise
+
+
+def _falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:
+    """True when this model failure is final and the agent sends its fallback text."""
+    final = isinstance(error, PermanentError) or last_attempt
+    return final and agent.fallback_enabled is not False
+
+
+def fallback_text(agent: Agent) -> str:
+    """What the person gets when the model cannot answer."""
+    return (agent.fallback_message or "").strip() or FALLBACK_MESSAGE
 
 
 def _pending_ids(chat_id: str, *, upto: int | None = None) -> list[int]:
@@ -182,23 +218,37 @@ def _stored_reply_anchor(chat_id: str) -> int | None:
 
 
 def _store_parts(
-    target: SmsTarget, message_id: int, parts: list[str], completion: llm.Completion
-) -> int | None:
-    """Store the reply's parts in one transaction; return the message they answer.
+    target: SmsTarget,
+    message_id: int,
+    parts: list[str],
+    completion: llm.Completion | None,
+    *,
+    failure: GatewayError | None = None,
+) -> tuple[int | None, bool]:
+    """Store the reply's parts in one transaction; return (the message they answer, stored now).
 
     The chat row is written first: that serialises attempts on one chat (a row lock on
     PostgreSQL, the write lock on SQLite), so two attempts cannot both store a reply. If another
-    attempt stored one meanwhile, ours is dropped and that one is sent instead.
+    attempt stored one meanwhile, ours is dropped and that one is sent instead. With `failure`
+    the parts are a fallback: the model's error goes on the pending inbound messages they answer.
     """
     now = utcnow()
     with database.connection_context(), write_transaction():
         Chat.update(last_activity_at=now).where(Chat.chat_id == target.chat_id).execute()
         existing = _stored_reply_anchor(target.chat_id)
         if existing is not None:
-            return existing
+            return existing, False
         state = Message.select(Message.reply_state).where(Message.id == message_id).scalar()
         if state != ReplyState.PENDING.value:
-            return None
+            return None, False
+        if failure is not None:
+            code, reason = _code_reason(failure)
+            Message.update(error_code=code, error_message=reason, updated_at=now).where(
+                (Message.chat == target.chat_id)
+                & (Message.role == Role.USER.value)
+                & (Message.reply_state == ReplyState.PENDING.value)
+                & (Message.id <= message_id)
+            ).execute()
         rows = [
             {
                 "chat": target.chat_id,
@@ -209,15 +259,15 @@ def _store_parts(
                 "to_number": target.their_number,
                 "reply_to": message_id,
                 "part_index": index,
-                "prompt_tokens": completion.prompt_tokens if index == 0 else None,
-                "completion_tokens": completion.completion_tokens if index == 0 else None,
+                "prompt_tokens": completion.prompt_tokens if completion and index == 0 else None,
+                "completion_tokens": completion.completion_tokens if completion and index == 0 else None,
                 "created_at": now,
                 "updated_at": now,
             }
             for index, text in enumerate(parts)
         ]
         Message.insert_many(rows).execute()
-    return message_id
+    return message_id, True
 
 
 def _send_unsent_parts(settings: Settings, target: SmsTarget, anchor: int) -> int:
@@ -349,6 +399,27 @@ def _code_reason(error: Exception) -> tuple[str, str]:
     code = getattr(error, "code", None) or type(error).__name__
     reason = getattr(error, "reason", None) or str(error)
     return str(code)[:16], reason
+
+
+def _finish_reply(message_ids: list[int]) -> bool:
+    """The reply is sent: its inbound messages are `answered`, or `failed` after a fallback.
+
+    A fallback left the model's error (error_code) on them when it was stored; True when so.
+    """
+    if not message_ids:
+        return False
+    with database.atomic():
+        failed = (
+            Message.update(reply_state=ReplyState.FAILED.value, updated_at=utcnow())
+            .where(
+                Message.id.in_(message_ids)
+                & (Message.reply_state == ReplyState.PENDING.value)
+                & Message.error_code.is_null(False)
+            )
+            .execute()
+        )
+        _set_reply_state(message_ids, ReplyState.ANSWERED)
+    return bool(failed)
 
 
 def _set_reply_state(message_ids: list[int], state: ReplyState) -> None:

@@ -243,7 +243,8 @@ def test_transient_errors_until_retries_run_out_are_recorded(configured, redis_c
     assert (stored.reply_state, stored.error_code) == ("failed", "503")
     assert "503" in stored.error_message
     assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FAILED
-    assert fake_twilio.messages == []
+    # The person is not left waiting in silence (tests/test_fallback.py).
+    assert [m["Body"] for m in fake_twilio.messages] == [replies.FALLBACK_MESSAGE]
 
 
 def test_permanent_model_error_fails_the_job_without_retry(configured, redis_conn, fake_model, fake_twilio):

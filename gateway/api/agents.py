@@ -42,6 +42,7 @@ AGENT_FIELDS: dict[str, Field] = {
     "auto_close_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
     "help_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
     "fallback_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
+    "fallback_enabled": Field(boolean()),
     "accepts_images": Field(boolean()),
     "analysis_fields": Field(analysis_fields()),
 }

@@ -142,6 +142,12 @@ AGENT_SETTINGS: dict[str, Any] = {
         **nullable({"type": "string", "maxLength": 10_000}),
         "description": "Sent by SMS when the model cannot answer; null: a built-in text.",
     },
+    "fallback_enabled": {
+        "type": "boolean",
+        "default": True,
+        "description": "false: when the model cannot answer an SMS, nothing is sent (the message is "
+        "still marked failed with the reason).",
+    },
     "accepts_images": {"type": "boolean", "default": False},
     "analysis_fields": {
         "type": "array",

@@ -29,6 +29,7 @@ AGENT_FIELDS = (
     "auto_close_message",
     "help_message",
     "fallback_message",
+    "fallback_enabled",
     "accepts_images",
     "analysis_fields",
     "is_default",
