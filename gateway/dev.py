@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
                     child.kill()
 
     atexit.register(_stop_children)
+    # SIGTERM (a process manager, `kill`) stops the children too, not only Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if not settings.redis_url:
         redis_proc, url = start_embedded_redis(instance / "redis")
         children.append(redis_proc)
