@@ -148,7 +148,13 @@ AGENT_SETTINGS: dict[str, Any] = {
         "description": "false: when the model cannot answer an SMS, nothing is sent (the message is "
         "still marked failed with the reason).",
     },
-    "accepts_images": {"type": "boolean", "default": False},
+    "accepts_images": {
+        "type": "boolean",
+        "default": False,
+        "description": "true: the images of the MMS being answered (JPEG, PNG, GIF, WebP; up to 5 MB "
+        "each, the newest 4) are fetched from Twilio and given to the model as image input. Other "
+        "attachments, and images otherwise, reach the model as `[attachment: <content type>]`.",
+    },
     "analysis_fields": {
         "type": "array",
         "default": [],
