@@ -442,7 +442,11 @@ def connections_per_process(pids: Sequence[int], client_ports: Sequence[int]) ->
         for pid in pids:
             with contextlib.suppress(psutil.Error):
                 conns = psutil.Process(pid).net_connections(kind="tcp")
-                counts[pid] = sum(1 for c in conns if c.raddr and c.raddr.port in wanted)
+                counts[pid] = sum(
+                    1
+                    for c in conns
+                    if c.raddr and c.raddr.port in wanted and c.status == psutil.CONN_ESTABLISHED
+                )
         if sum(counts.values()) >= len(wanted) or time.monotonic() > deadline:
             return counts
         time.sleep(0.02)
