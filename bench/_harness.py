@@ -355,8 +355,11 @@ def run_load(
     max_seconds: float = 30.0,
     timeout: float = 60.0,
     server_pids: Sequence[int] = (),
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """Send `warmup` then `count` signed inbound-SMS webhooks from `concurrency` keep-alive senders.
+
+    With `rate` (requests/s) the measured requests are paced (open loop) rather than sent back to back.
 
     Runs in a separate process, so the generator's CPU is its own and its timing is not disturbed
     by the benchmark's threads. Each phase starts no request after `max_seconds` (a slow target
@@ -378,6 +381,7 @@ def run_load(
         "max_seconds": max_seconds,
         "timeout": timeout,
         "balance": bool(server_pids),
+        "rate": rate,
     }
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "loadgen"],
@@ -455,9 +459,18 @@ def connections_per_process(pids: Sequence[int], client_ports: Sequence[int]) ->
 class _Load:
     """One batch of pre-built requests shared by the sender connections of one event loop."""
 
-    def __init__(self, requests: list[bytes], loop: asyncio.AbstractEventLoop, stop_at: float) -> None:
+    def __init__(
+        self,
+        requests: list[bytes],
+        loop: asyncio.AbstractEventLoop,
+        stop_at: float,
+        rate: float | None = None,
+    ) -> None:
         self.requests = requests
         self.stop_at = stop_at  # perf_counter() after which no new request starts
+        # Paced (open-loop) load: request k is due at start + k / rate, whatever the answers do.
+        self.interval = 1.0 / rate if rate else 0.0
+        self.start = time.perf_counter()
         self.next = 0
         self.in_flight = 0
         self.latencies: list[float] = []
@@ -476,6 +489,12 @@ class _Load:
         self.next += 1
         self.in_flight += 1
         return req
+
+    def due_in(self) -> float:
+        """Seconds until the request just taken is due (0 when the load is not paced)."""
+        if not self.interval:
+            return 0.0
+        return self.start + (self.next - 1) * self.interval - time.perf_counter()
 
     def finish_one(self, status: int | None, latency: float | None) -> None:
         key = str(status) if status is not None else "error"
@@ -522,6 +541,16 @@ class _Sender(asyncio.Protocol):
         req = self.load.take()
         if req is None:
             return  # stays open and idle for the next batch
+        delay = self.load.due_in()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._write, req)
+        else:
+            self._write(req)
+
+    def _write(self, req: bytes) -> None:
+        """Send one request now; its latency counts from here."""
+        if not self.open:
+            return
         self.sent_at = time.perf_counter()
         self.transport.write(req)  # type: ignore[union-attr]
 
@@ -611,15 +640,21 @@ class _Pool:
         self.senders.append(sender)
         sender.start(load)
 
-    async def run(self, requests: list[bytes], max_seconds: float, timeout: float) -> dict[str, Any]:
-        """Send the requests over the pool, starting none after `max_seconds`; wait for the answers."""
+    async def run(
+        self, requests: list[bytes], max_seconds: float, timeout: float, rate: float | None = None
+    ) -> dict[str, Any]:
+        """Send the requests over the pool, starting none after `max_seconds`; wait for the answers.
+
+        With `rate`, requests are sent at that pace (open loop, as Twilio sends them) instead of
+        each connection sending again as soon as it is answered.
+        """
         loop = asyncio.get_running_loop()
         if requests:
             while len(self.senders) < self.size:  # the server closed some while they were idle
                 _, sender = await loop.create_connection(lambda: _Sender(self), HOST, self.port)
                 self.senders.append(sender)
         start = time.perf_counter()
-        load = _Load(requests, loop, start + max_seconds)
+        load = _Load(requests, loop, start + max_seconds, rate)
         if not requests:
             return {
                 "latencies": [],
@@ -668,7 +703,7 @@ async def _session(spec: dict[str, Any], warm: list[bytes], measured: list[bytes
     cap, timeout = spec["max_seconds"], spec["timeout"]
     warm_result = await pool.run(warm, cap, timeout)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    result = await pool.run(measured, cap, timeout)
+    result = await pool.run(measured, cap, timeout, spec.get("rate"))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     pool.close()
     result["loadgen_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
