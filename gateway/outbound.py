@@ -20,8 +20,8 @@ from .db import database
 from .errors import PermanentError, TransientError
 from .models import Agent, Chat, ChatStatus, ChatType, Contact, Message, MessageStatus, Role, utcnow
 from .prompt import build_messages
-from .replies import SmsTarget, record_part_failure, send_parts
-from .text import split_sms, to_plain_text
+from .replies import SmsTarget, ask_for_sms, record_part_failure, send_parts
+from .text import split_sms
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +152,7 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
     try:
         if prompt is not None:
             prompt.append({"role": "user", "content": OPENING_INSTRUCTION})
-            completion = llm.complete(
-                settings,
-                model=agent.model or settings.openai_model,
-                messages=prompt,
-                temperature=agent.temperature,
-            )
-            texts = split_sms(to_plain_text(completion.text) or completion.text.strip())
-            if not texts:
-                raise TransientError("The model's opening text was empty once formatted for SMS.", "empty")
+            completion, texts = ask_for_sms(settings, agent, prompt)
             with database.connection_context(), database.atomic():
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):

@@ -86,19 +86,42 @@ def enqueue_reply(
     RQ's per-key rate limit (concurrency 1 per chat) makes replies in one chat run in order,
     oldest first, so a burst of texts never gets two replies racing for the same chat.
     """
-    job_id = reply_job_id(message_id)
+    return _enqueue_in_chat(
+        queue,
+        REPLY_JOB,
+        message_id,
+        job_id=reply_job_id(message_id),
+        chat_id=chat_id,
+        retry=retry,
+        check_existing=check_existing,
+        description=f"reply to message {message_id} in {chat_id}",
+    )
+
+
+def _enqueue_in_chat(
+    queue: Queue,
+    func: str,
+    arg: object,
+    *,
+    job_id: str,
+    chat_id: str,
+    retry: Retry | None,
+    check_existing: bool,
+    description: str,
+) -> Job | None:
+    """Queue a job that sends in a chat, behind the chat's other such jobs (one at a time)."""
     if check_existing and job_is_live(queue.connection, job_id):
         return None
     return queue.enqueue(
-        REPLY_JOB,
-        message_id,
+        func,
+        arg,
         job_id=job_id,
         rate_limit=RateLimit(f"chat:{chat_id}", concurrency=1),
         retry=retry,
         job_timeout=REPLY_JOB_TIMEOUT,
         result_ttl=3600,
         failure_ttl=7 * 24 * 3600,
-        description=f"reply to message {message_id} in {chat_id}",
+        description=description,
     )
 
 
@@ -110,19 +133,17 @@ def opening_job_id(chat_id: str) -> str:
 def enqueue_opening(
     queue: Queue, *, chat_id: str, retry: Retry | None, check_existing: bool = True
 ) -> Job | None:
-    """Queue the job that writes (if needed) and sends an outbound chat's opening text."""
-    job_id = opening_job_id(chat_id)
-    if check_existing and job_is_live(queue.connection, job_id):
-        return None
-    return queue.enqueue(
+    """Queue the job that writes (if needed) and sends an outbound chat's opening text.
+
+    Same per-chat key as replies: an early answer from the person waits for the opening.
+    """
+    return _enqueue_in_chat(
+        queue,
         OPENING_JOB,
         chat_id,
-        job_id=job_id,
-        # The same per-chat key as replies: an early answer from the person waits for the opening.
-        rate_limit=RateLimit(f"chat:{chat_id}", concurrency=1),
+        job_id=opening_job_id(chat_id),
+        chat_id=chat_id,
         retry=retry,
-        job_timeout=REPLY_JOB_TIMEOUT,
-        result_ttl=3600,
-        failure_ttl=7 * 24 * 3600,
+        check_existing=check_existing,
         description=f"opening text of {chat_id}",
     )

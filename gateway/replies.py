@@ -130,17 +130,7 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 prompt = media.resolve_images(settings, prompt)
                 completion: llm.Completion | None = None
                 try:
-                    completion = llm.complete(
-                        settings,
-                        model=agent.model or settings.openai_model,
-                        messages=prompt,
-                        temperature=agent.temperature,
-                    )
-                    parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
-                    if not parts:
-                        raise TransientError(
-                            "The model's answer was empty once formatted for SMS.", "empty_response"
-                        )
+                    completion, parts = ask_for_sms(settings, agent, prompt)
                 except GatewayError as exc:
                     if not _falls_back(agent, exc, last_attempt):
                         raise
@@ -176,6 +166,20 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         if last_attempt:
             _record_failure(covered, PermanentError(f"Internal error: {exc!r}"[:500], "internal_error"))
         raise
+
+
+def ask_for_sms(settings: Settings, agent: Agent, prompt: list[dict]) -> tuple[llm.Completion, list[str]]:
+    """The agent's answer to `prompt`, as plain-text SMS parts; an empty answer is transient."""
+    completion = llm.complete(
+        settings,
+        model=agent.model or settings.openai_model,
+        messages=prompt,
+        temperature=agent.temperature,
+    )
+    parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
+    if not parts:
+        raise TransientError("The model's answer was empty once formatted for SMS.", "empty_response")
+    return completion, parts
 
 
 def _falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:

@@ -60,17 +60,7 @@ _redis_clients: dict[str, Redis] = {}
 def reply_to_message(message_id: int) -> dict:
     """Answer inbound SMS `message_id`; RQ retries transient failures, never permanent ones."""
     settings = _settings()
-    job = get_current_job()
-    # RQ retries while retries_left > 0; with none left (or no Retry at all) this is the last try.
-    last_attempt = job is None or not job.retries_left
-    try:
-        outcome = replies.answer_message(settings, message_id, last_attempt=last_attempt)
-    except PermanentError:
-        if job is not None:
-            # handle_job_failure reads this very Job object: with no retries left it records the
-            # job FAILED (with the traceback) instead of scheduling another attempt.
-            job.retries_left = 0
-        raise
+    outcome = _attempt(lambda last: replies.answer_message(settings, message_id, last_attempt=last))
     if outcome.outcome == "answered":
         memory_jobs.after_reply(outcome.covered[-1] if outcome.covered else message_id)  # never raises
     return {
@@ -84,15 +74,24 @@ def reply_to_message(message_id: int) -> dict:
 def send_opening(chat_id: str) -> dict:
     """Write (if the caller did not) and send the opening text of outbound SMS chat `chat_id`."""
     settings = _settings()
+    sent = _attempt(lambda last: outbound.send_opening(settings, chat_id, last_attempt=last))
+    return {"chat_id": chat_id, "parts_sent": sent}
+
+
+def _attempt(run):
+    """Run one attempt of a sending job, telling it whether it is the last; a permanent error ends it.
+
+    RQ retries while retries_left > 0; with none left (or no Retry at all) this is the last try.
+    On PermanentError, handle_job_failure reads this very Job object: with no retries left it
+    records the job FAILED (with the traceback) instead of scheduling another attempt.
+    """
     job = get_current_job()
-    last_attempt = job is None or not job.retries_left
     try:
-        sent = outbound.send_opening(settings, chat_id, last_attempt=last_attempt)
+        return run(job is None or not job.retries_left)
     except PermanentError:
         if job is not None:
-            job.retries_left = 0  # recorded on the chat; RQ records the job FAILED, no retry
+            job.retries_left = 0
         raise
-    return {"chat_id": chat_id, "parts_sent": sent}
 
 
 def close_silent_chats() -> int:
