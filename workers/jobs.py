@@ -8,6 +8,7 @@ phase opens and closes its own connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -86,8 +87,13 @@ def _attempt(run):
     records the job FAILED (with the traceback) instead of scheduling another attempt.
     """
     job = get_current_job()
+    # SQLite has no pool to give a connection back to: one connection for the whole attempt
+    # (the phases' own connection contexts nest in it) saves reopening it for every phase.
+    # PostgreSQL's phases keep returning theirs to the pool while the model is waited on.
+    keep = database.connection_context() if db.is_sqlite() else contextlib.nullcontext()
     try:
-        return run(job is None or not job.retries_left)
+        with keep:
+            return run(job is None or not job.retries_left)
     except PermanentError:
         if job is not None:
             job.retries_left = 0
