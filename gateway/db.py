@@ -30,26 +30,53 @@ SQLITE_PRAGMAS = {
     "busy_timeout": 10000,
     "synchronous": "normal",
     "foreign_keys": 1,
+    # No checkpoint inside a request's commit (it would run under the writer queue and stall
+    # every writer behind it): a background thread checkpoints instead (_checkpoint_loop).
+    "wal_autocheckpoint": 0,
 }
+# Seconds between the background WAL checkpoints of each process.
+CHECKPOINT_INTERVAL = 1.0
 
 
 # One idle connection per SQLite file, open for the life of the process. SQLite checkpoints the
 # WAL (milliseconds of fsync) whenever the LAST connection to a file closes; with this one
 # open, closing a request's or a job's connection stays cheap. Checkpoints still happen as WAL
 # pages accumulate (wal_autocheckpoint).
-_sqlite_anchors: dict[str, sqlite3.Connection] = {}
+_sqlite_anchors: dict[str, tuple[sqlite3.Connection, threading.Event]] = {}
 _anchors_lock = threading.Lock()
 
 
-def _anchor_sqlite(path: str) -> None:
-    """Keep one connection to `path` open for the life of the process."""
+def _anchor_sqlite(path: str | None) -> None:
+    """Keep one connection to `path` open while the process uses it; it also checkpoints the WAL.
+
+    A process uses one database; when it moves to another (tests do), the old anchor goes.
+    """
     with _anchors_lock:
-        if path not in _sqlite_anchors:
+        for other in [p for p in _sqlite_anchors if p != path]:
+            conn, stop = _sqlite_anchors.pop(other)
+            stop.set()
+        if path is not None and path not in _sqlite_anchors:
             anchor = sqlite3.connect(path, check_same_thread=False)
             # SQLite opens the WAL lazily: read once so this connection holds it open.
             anchor.execute("PRAGMA journal_mode=wal").fetchall()
             anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            _sqlite_anchors[path] = anchor
+            stop = threading.Event()
+            _sqlite_anchors[path] = (anchor, stop)
+            threading.Thread(
+                target=_checkpoint_loop, args=(anchor, stop), name="sqlite-checkpoint", daemon=True
+            ).start()
+
+
+def _checkpoint_loop(anchor: sqlite3.Connection, stop: threading.Event) -> None:
+    """Copy the WAL back into the database now and then, outside any request (PASSIVE: no waiting)."""
+    try:
+        while not stop.wait(CHECKPOINT_INTERVAL):
+            try:
+                anchor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                log.warning("WAL checkpoint failed; trying again", exc_info=True)
+    finally:
+        anchor.close()
 
 
 def open_database(url: str, pool_size: int = 20) -> Database:
@@ -146,7 +173,10 @@ def init_database(url: str, pool_size: int = 20) -> Database:
     db = open_database(url, pool_size=pool_size)
     database.initialize(db)
     path = url.split("sqlite:///", 1)[-1] if url.startswith("sqlite") else None
-    _write_lock.configure(path if path and path != ":memory:" else None)
+    path = path if path and path != ":memory:" else None
+    _write_lock.configure(path)
+    if path is None:
+        _anchor_sqlite(None)  # no SQLite file: let go of the one used before, if any
     return db
 
 
