@@ -35,6 +35,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.payloads import inbound_sms  # noqa: E402  (the same Twilio form the tests send)
+
 HOST = "127.0.0.1"
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 ACCOUNT_SID = "AC" + "b" * 32
@@ -292,29 +294,7 @@ def inbound_sms_params(seq: int, sender: str, to: str, rng: random.Random, salt:
     body = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 30)))
     if rng.random() < 0.1:
         body += " 👍"
-    return {
-        "ToCountry": "US",
-        "ToState": "CA",
-        "SmsMessageSid": sid,
-        "NumMedia": "0",
-        "ToCity": "SAN FRANCISCO",
-        "FromZip": "94105",
-        "SmsSid": sid,
-        "FromState": "CA",
-        "SmsStatus": "received",
-        "FromCity": "SAN FRANCISCO",
-        "Body": body,
-        "FromCountry": "US",
-        "To": to,
-        "MessagingServiceSid": "",
-        "ToZip": "94107",
-        "NumSegments": "1",
-        "ReferralNumMedia": "0",
-        "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": sender,
-        "ApiVersion": "2010-04-01",
-    }
+    return inbound_sms(body, sid=sid, To=to, From=sender, MessagingServiceSid="", AccountSid=ACCOUNT_SID)
 
 
 def signed_post(path: str, params: dict[str, str], host_header: str) -> bytes:

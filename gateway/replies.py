@@ -47,6 +47,7 @@ from .models import (
     utcnow,
 )
 from .prompt import build_messages
+from .statuses import map_twilio_status
 from .text import split_sms, to_plain_text
 from .twilio_client import send_sms
 
@@ -56,9 +57,6 @@ log = logging.getLogger(__name__)
 # taken over by another attempt only after this long: longer than one Twilio call may take, so
 # the first attempt has either stored the SID or died by then.
 SEND_LEASE = timedelta(seconds=90)
-# Twilio's first answer for messages sent through a Messaging Service; ours is "queued".
-_TWILIO_STATUS_ALIASES = {"accepted": MessageStatus.QUEUED.value, "scheduled": MessageStatus.QUEUED.value}
-_KNOWN_STATUSES = {s.value for s in MessageStatus} | {"sending"}
 # The code of the TransientError raised when another attempt holds a part of this reply.
 IN_PROGRESS = "reply_in_progress"
 # At most this many waiting texts are answered by one reply (the rest get the next one).
@@ -358,10 +356,8 @@ def _unclaim(part_id: int) -> None:
 
 
 def _our_status(twilio_status: str | None) -> str:
-    """Twilio's status of a just-created message, in our vocabulary."""
-    status = (twilio_status or MessageStatus.QUEUED.value).lower()
-    status = _TWILIO_STATUS_ALIASES.get(status, status)
-    return status if status in _KNOWN_STATUSES else MessageStatus.QUEUED.value
+    """Twilio's status of a just-created message, in our vocabulary (the status callbacks' mapping)."""
+    return (map_twilio_status(twilio_status) or MessageStatus.QUEUED).value
 
 
 def record_part_failure(part_ids: list[int], error: Exception) -> None:
