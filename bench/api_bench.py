@@ -34,8 +34,9 @@ from typing import Any
 
 import _harness as h
 
-from gateway import create_app, db
+from gateway import create_app
 from gateway.config import Settings
+from gateway.storage import db
 
 N_CHATS = int(os.environ.get("BENCH_CHATS", "100000"))
 PAGE = 50
@@ -112,7 +113,7 @@ def chat_rows(n: int, now: datetime):
 
 def build_chats(n: int) -> None:
     """Insert `n` chats in bulk, straight through the driver (executemany / execute_values)."""
-    from gateway.models import Agent, utcnow
+    from gateway.storage.models import Agent, utcnow
 
     now = utcnow()
     Agent.insert_many(
@@ -137,7 +138,7 @@ def build_chats(n: int) -> None:
 def list_figures(client) -> dict[str, Any]:
     """GET /v1/chats first and deep pages, with filters, and the baselines beside them."""
     from gateway.api.paging import before_cursor, encode_cursor
-    from gateway.models import Chat
+    from gateway.storage.models import Chat
 
     order = (Chat.start_timestamp.desc(), Chat.chat_id.desc())
     figures: dict[str, Any] = {}
@@ -192,7 +193,7 @@ def completion_figures(client, settings: Settings, fake) -> dict[str, Any]:
     The bare round trip sends the very prompt the gateway sent last (system prompt and 20 turns of
     history), so the difference is the gateway's own work, not the openai client's on a bigger body.
     """
-    from gateway import llm
+    from gateway.agent import llm
 
     model = llm.model_client(settings)
 
@@ -242,7 +243,7 @@ def run_backend(backend: str, url: str, redis_url: str, fake) -> dict[str, Any]:
     print(f"[{backend}] inserting {N_CHATS:,} chats...", file=sys.stderr, flush=True)
     build_s = time.perf_counter()
     build_chats(N_CHATS)
-    from gateway.models import Chat
+    from gateway.storage.models import Chat
 
     assert Chat.select().count() == N_CHATS
     build_s = time.perf_counter() - build_s

@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gateway import db  # noqa: E402
+from gateway.agent.memory import PROFILE_HEADING, SUMMARY_HEADING  # noqa: E402
+from gateway.agent.prompt import build_messages  # noqa: E402
 from gateway.config import Settings  # noqa: E402
-from gateway.db import database  # noqa: E402
-from gateway.memory import PROFILE_HEADING, SUMMARY_HEADING  # noqa: E402
-from gateway.models import (  # noqa: E402
+from gateway.storage import db  # noqa: E402
+from gateway.storage.db import database  # noqa: E402
+from gateway.storage.models import (  # noqa: E402
     Agent,
     Chat,
     ChatType,
@@ -47,7 +48,6 @@ from gateway.models import (  # noqa: E402
     UserProfile,
     utcnow,
 )
-from gateway.prompt import build_messages  # noqa: E402
 
 OUR = "+15005550006"
 BATCH = 1000

@@ -59,7 +59,7 @@ def preload() -> None:
     """Import what a reply job imports, so a worker (and its forks) start as heavy as ours."""
     import openai  # noqa: F401
 
-    import gateway.db  # noqa: F401
+    import gateway.storage.db  # noqa: F401
 
 
 # --- the fake model ---------------------------------------------------------------------------

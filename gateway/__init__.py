@@ -8,9 +8,9 @@ from typing import Any
 from flask import Flask
 from rq import Queue
 
-from . import db
-from .config import Settings, load_settings
-from .queue import connect_redis, queue_name
+from gateway.config import Settings, load_settings
+from gateway.queue import connect_redis, queue_name
+from gateway.storage import db
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not settings.public_base_url:
         log.warning("PUBLIC_BASE_URL is unset: signatures are checked against the request's own URL")
 
-    from . import health
+    from gateway import health
 
     app.register_blueprint(health.bp)
     _register_blueprints(app)
@@ -54,7 +54,8 @@ def _with_instance_path(settings: Settings, instance_path: str) -> Settings:
 
 def _register_blueprints(app: Flask) -> None:
     """Register the blueprints of each area of the gateway."""
-    from . import api, twilio_webhooks
+    from gateway import api
+    from gateway.twilio import webhooks as twilio_webhooks
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(api.bp)

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from .config import Settings, load_settings
+from gateway.config import Settings, load_settings
 
 
 def _settings() -> Settings:
@@ -29,7 +29,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema."""
-    from . import db as database
+    from gateway.storage import db as database
 
     settings = _settings()
     database.init_database(settings.resolved_database_url(), pool_size=2)
@@ -42,7 +42,7 @@ def db_upgrade() -> None:
 @click.option("--port", type=int, default=5000, envvar="PORT", show_default=True, help="Port ($PORT).")
 def dev(host: str, port: int) -> None:
     """Run the whole gateway on this machine: SQLite, embedded Redis, web and worker together."""
-    from .dev import run_dev
+    from gateway.dev import run_dev
 
     run_dev(_settings(), host=host, port=port)
 
@@ -65,7 +65,7 @@ def numbers() -> None:
 @numbers.command("list")
 def numbers_list() -> None:
     """Show the account's numbers and where their SMS webhook points now."""
-    from .numbers import list_numbers, numbers_client
+    from gateway.twilio.numbers import list_numbers, numbers_client
 
     settings = _settings()
     infos = list_numbers(_twilio_or_exit(settings, numbers_client))
@@ -89,8 +89,8 @@ def numbers_list() -> None:
 @click.option("--base-url", help="The gateway's public https origin (default: PUBLIC_BASE_URL).")
 def numbers_configure(phone_number: str, base_url: str | None) -> None:
     """Point PHONE_NUMBER's SMS webhook and status callback at this gateway and register it."""
-    from . import db as database
-    from .numbers import configure_number, numbers_client
+    from gateway.storage import db as database
+    from gateway.twilio.numbers import configure_number, numbers_client
 
     settings = _settings()
     base = base_url or settings.public_base_url

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from .config import Settings, settings_to_env
+from gateway.config import Settings, settings_to_env
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def dev_settings(settings: Settings, instance_path: str) -> Settings:
 
 def run_dev(settings: Settings, host: str, port: int) -> None:
     """Start an embedded Redis if needed, upgrade the schema, then the worker and the web app."""
-    from . import create_app, db
+    from gateway import create_app
+    from gateway.storage import db
 
     instance = Path(settings.instance_path if settings.instance_path != "instance" else "instance").resolve()
     settings = dev_settings(settings, str(instance))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from .db import database
+from gateway.storage.db import database
 
 bp = Blueprint("health", __name__)
 

@@ -10,7 +10,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
-from .config import Settings
+from gateway.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -213,7 +213,7 @@ def settings(database_url, redis_server, redis_conn, fake_twilio, fake_model, tm
 @pytest.fixture
 def app(settings):
     """The gateway app on a freshly upgraded database."""
-    from gateway import db
+    from gateway.storage import db
 
     app = create_app({"TESTING": True, "SETTINGS": settings})
     db.upgrade()

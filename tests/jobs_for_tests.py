@@ -62,7 +62,7 @@ def slow_first_time(counter_key: str, seconds: float, value="second run"):
 
 def touch_database(log_key: str):
     """Open this thread's peewee connection and record its id; the worker must close it after."""
-    from gateway.db import database
+    from gateway.storage.db import database
 
     database.connect(reuse_if_open=True)
     database.execute_sql("SELECT 1")

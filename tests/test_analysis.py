@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from rq import Queue, SimpleWorker
 
-from gateway import analysis
-from gateway.analysis import (
+from gateway.agent import analysis
+from gateway.agent.analysis import (
     ANALYSIS_INSTRUCTIONS,
     ANALYSIS_MAX_MESSAGES,
     analysis_job_id,
@@ -18,8 +18,8 @@ from gateway.analysis import (
     validate_analysis_fields,
 )
 from gateway.errors import TransientError
-from gateway.models import Agent, Chat, ChatType, Message, Role, utcnow
 from gateway.queue import queue_name
+from gateway.storage.models import Agent, Chat, ChatType, Message, Role, utcnow
 from tests.conftest import GATEWAY_API_KEY, post_twilio
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from workers import context, jobs, memory_jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Settings
-from gateway.models import Agent
+from gateway.storage.models import Agent
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from gateway.models import Chat, ChatType, Message, Role
+from gateway.storage.models import Chat, ChatType, Message, Role
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
@@ -337,7 +337,7 @@ def test_retry_sleeps_double_with_jitter_and_are_capped():
 
 def test_no_database_connection_is_held_while_the_model_answers(client, fake_model, monkeypatch):
     from gateway.api import completions
-    from gateway.db import database
+    from gateway.storage.db import database
 
     seen = []
     real = completions.llm.complete

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gateway.db import database, is_postgres
-from gateway.models import Chat, ChatStatus, utcnow
+from gateway.storage.db import database, is_postgres
+from gateway.storage.models import Chat, ChatStatus, utcnow
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.agents import inbound_agent_for, outbound_agent_for
+from gateway.conversations.agents import inbound_agent_for, outbound_agent_for
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from gateway.models import Chat, Contact, Message, PhoneNumber
 from gateway.queue import opening_job_id, queue_name
+from gateway.storage.models import Chat, Contact, Message, PhoneNumber
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}

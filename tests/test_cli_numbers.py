@@ -6,7 +6,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import settings_to_env
-from gateway.models import PhoneNumber
+from gateway.storage.models import PhoneNumber
 
 NUMBER = "+15551234567"
 

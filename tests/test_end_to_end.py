@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from rq.job import Job, JobStatus
 
-from gateway.models import Message, Role
 from gateway.queue import reply_job_id
+from gateway.storage.models import Message, Role
 from tests.conftest import PUBLIC_BASE_URL, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from workers import context, jobs

@@ -6,9 +6,9 @@ import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from gateway import replies
-from gateway.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
+from gateway.conversations import replies
 from gateway.queue import enqueue_reply, queue_name, reply_job_id, retry_policy
+from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from workers import context

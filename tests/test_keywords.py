@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 import pytest
 from rq.job import Job
 
-from gateway.agents import DEFAULT_HELP_MESSAGE
-from gateway.analysis import analysis_job_id
-from gateway.keywords import Keyword, match_keyword
-from gateway.models import Agent, Chat, Contact, Message, PhoneNumber
+from gateway.agent.analysis import analysis_job_id
+from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
 from gateway.queue import reply_job_id
+from gateway.storage.models import Agent, Chat, Contact, Message, PhoneNumber
+from gateway.twilio.keywords import Keyword, match_keyword
 from tests.conftest import post_twilio
 from tests.payloads import KEYWORD_CASES, OUR_NUMBER, PERSON, inbound_sms
 

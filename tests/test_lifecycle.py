@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gateway.agents import default_agent
-from gateway.models import Agent, Chat, utcnow
+from gateway.conversations.agents import default_agent
+from gateway.storage.models import Agent, Chat, utcnow
 from tests.conftest import post_twilio
 from workers import jobs
 from workers.context import configure

@@ -6,9 +6,9 @@ import httpx2
 import openai
 import pytest
 
+from gateway.agent.llm import OFFLINE_LABEL, classify_openai_error, complete, model_client
 from gateway.config import Settings
 from gateway.errors import PermanentError, TransientError
-from gateway.llm import OFFLINE_LABEL, classify_openai_error, complete, model_client
 from tests.conftest import free_port
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")

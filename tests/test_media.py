@@ -17,12 +17,13 @@ from dataclasses import replace
 import pytest
 from rq import Queue, SimpleWorker
 
-from gateway import media, replies
+from gateway.agent.prompt import build_messages
 from gateway.config import Settings
-from gateway.media import MediaError, MediaPolicy, Source, fetch_media, origin_of, policy_for
-from gateway.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
-from gateway.prompt import build_messages
+from gateway.conversations import replies
 from gateway.queue import queue_name
+from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
+from gateway.twilio import media
+from gateway.twilio.media import MediaError, MediaPolicy, Source, fetch_media, origin_of, policy_for
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_API_KEY, post_twilio, wait_for
 from tests.fakes.http import LoopbackServer, Request, Response
 from tests.payloads import OUR_NUMBER, PERSON, inbound_mms

@@ -17,9 +17,9 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from gateway import memory, replies
-from gateway.analysis import ANALYSIS_INSTRUCTIONS
-from gateway.memory import (
+from gateway.agent import memory
+from gateway.agent.analysis import ANALYSIS_INSTRUCTIONS
+from gateway.agent.memory import (
     PROFILE_HEADING,
     PROFILE_INSTRUCTIONS,
     SUMMARY_HEADING,
@@ -28,8 +28,9 @@ from gateway.memory import (
     schedule_after_turn,
     summary_threshold,
 )
-from gateway.models import Agent, Chat, ChatStatus, ChatType, Message, Role, UserProfile, utcnow
+from gateway.conversations import replies
 from gateway.queue import queue_name
+from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, UserProfile, utcnow
 from tests.conftest import GATEWAY_API_KEY, free_port
 from workers import context, jobs, memory_jobs
 

@@ -7,8 +7,8 @@ summarizer; the assertions read what the model received in the last turn's reque
 
 from __future__ import annotations
 
-from gateway.memory import SUMMARY_HEADING
-from gateway.models import Agent, Chat, Message, PhoneNumber
+from gateway.agent.memory import SUMMARY_HEADING
+from gateway.storage.models import Agent, Chat, Message, PhoneNumber
 from tests.conftest import post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from tests.test_memory import FakeBrain, kind_of, requests_of

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from gateway import db
+from gateway.agent.prompt import build_messages, fill_variables
 from gateway.config import Settings
-from gateway.models import Agent, Chat, ChatType, Message, Role
-from gateway.prompt import build_messages, fill_variables
+from gateway.storage import db
+from gateway.storage.models import Agent, Chat, ChatType, Message, Role
 
 SETTINGS = Settings()
 
@@ -224,8 +224,8 @@ def test_cost_does_not_grow_with_chat_length(database):
 
 def test_the_texts_being_answered_always_reach_the_model(app, settings):
     """A window of 0 (or 1, with a burst of three texts) still carries every text being answered."""
-    from gateway.models import Agent, Chat, Message
-    from gateway.prompt import build_messages
+    from gateway.agent.prompt import build_messages
+    from gateway.storage.models import Agent, Chat, Message
 
     for window in (0, 1):
         agent = Agent.create(name=f"w{window}", num_last_messages=window, system_prompt="Be brief.")

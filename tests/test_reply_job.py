@@ -8,12 +8,12 @@ import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
-from gateway import replies
-from gateway.analysis import analysis_job_id
+from gateway.agent.analysis import analysis_job_id
+from gateway.agent.prompt import build_messages
+from gateway.conversations import replies
 from gateway.errors import PermanentError, TransientError
-from gateway.models import Agent, Chat, ChatStatus, ChatType, Contact, Message, Role, utcnow
-from gateway.prompt import build_messages
 from gateway.queue import enqueue_reply, queue_name, reply_job_id, retry_policy
+from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, Message, Role, utcnow
 from tests.conftest import PUBLIC_BASE_URL
 from workers import context, jobs
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from gateway.db import database, write_transaction
-from gateway.models import Agent, Chat, Contact, PhoneNumber
-from gateway.sessions import contact_state, set_opted_out, sms_session
+from gateway.conversations.sessions import contact_state, set_opted_out, sms_session
+from gateway.storage.db import database, write_transaction
+from gateway.storage.models import Agent, Chat, Contact, PhoneNumber
 from tests.payloads import OTHER_PERSON, OUR_NUMBER, PERSON
 
 
@@ -130,7 +130,7 @@ def test_set_opted_out_upserts(app):
 
 def test_find_inbound_reads_chat_agent_and_contact_at_once(app):
     """The hot path's lookup returns the ongoing chat, its agent's settings and the contact."""
-    from gateway.sessions import find_inbound
+    from gateway.conversations.sessions import find_inbound
 
     assert find_inbound(OUR_NUMBER, PERSON) == (None, None)
     opened = open_session()
@@ -147,8 +147,8 @@ def test_find_inbound_reads_chat_agent_and_contact_at_once(app):
 
 def test_touch_with_pair_only_matches_an_ongoing_chat(app):
     """touch_chat(..., pair) confirms the chat is still ongoing; an ended chat is not touched."""
-    from gateway.models import utcnow
-    from gateway.sessions import pair_key, touch_chat
+    from gateway.conversations.sessions import pair_key, touch_chat
+    from gateway.storage.models import utcnow
 
     session = open_session()
     pair = pair_key(OUR_NUMBER, PERSON)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.text import SMS_MAX_CHARS, sms_length, split_sms, to_plain_text
+from gateway.agent.text import SMS_MAX_CHARS, sms_length, split_sms, to_plain_text
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from gateway.config import Settings
 from gateway.errors import PermanentError, TransientError, is_opted_out
-from gateway.twilio_client import classify_twilio_error, send_sms, twilio_client
+from gateway.twilio.client import classify_twilio_error, send_sms, twilio_client
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, free_port
 
 URI = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import replies
-from gateway.models import Agent, Chat, ChatType, Message, Role
+from gateway.conversations import replies
+from gateway.storage.models import Agent, Chat, ChatType, Message, Role
 from tests.conftest import GATEWAY_API_KEY
 from tests.fakes.model import content_text, count_tokens
 from tests.payloads import OUR_NUMBER, PERSON

@@ -11,9 +11,9 @@ from rq import Queue
 from rq.job import Job
 
 from gateway import create_app
-from gateway.keywords import Keyword, match_keyword
-from gateway.models import Chat, Contact, Message
 from gateway.queue import REPLY_JOB, queue_name, reply_job_id
+from gateway.storage.models import Chat, Contact, Message
+from gateway.twilio.keywords import Keyword, match_keyword
 from tests import payloads
 from tests.conftest import PUBLIC_BASE_URL, post_twilio, sign
 from tests.payloads import INBOUND_CASES, OUR_NUMBER, PERSON, inbound_sms
@@ -158,7 +158,7 @@ def test_ended_chat_is_not_reused(client):
 
 def test_number_with_its_own_agent(client):
     """A number configured with an inbound agent gets its chats answered by that agent."""
-    from gateway.models import Agent, PhoneNumber
+    from gateway.storage.models import Agent, PhoneNumber
 
     agent = Agent.create(name="Support", retry_attempts=0)
     PhoneNumber.create(phone_number=OUR_NUMBER, inbound_agent=agent)
@@ -357,7 +357,8 @@ def test_concurrent_duplicates_record_one_message(app, settings, redis_conn):
 
 def test_chat_ending_between_read_and_write_opens_a_new_chat(client, monkeypatch):
     """If the ongoing chat ends after the lookup but before the write, the text opens a new chat."""
-    from gateway import sessions, twilio_webhooks
+    from gateway.conversations import sessions
+    from gateway.twilio import webhooks as twilio_webhooks
 
     post_twilio(client, SMS, inbound_sms("first"))
     first_chat = Chat.get()
@@ -377,7 +378,7 @@ def test_chat_ending_between_read_and_write_opens_a_new_chat(client, monkeypatch
 
 def test_chat_without_contact_gets_one(client):
     """An ongoing chat opened without a contact row (outbound) gets the contact on the first reply."""
-    from gateway.agents import default_agent
+    from gateway.conversations.agents import default_agent
 
     Chat.create(
         agent=default_agent(),

@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gateway.agents import default_agent
-from gateway.models import Chat, Contact, Message
-from gateway.statuses import map_twilio_status
+from gateway.conversations.agents import default_agent
+from gateway.storage.models import Chat, Contact, Message
+from gateway.twilio.statuses import map_twilio_status
 from tests.conftest import post_twilio
 from tests.payloads import OUR_NUMBER, PERSON, message_sid, status_callback
 

@@ -24,12 +24,10 @@ from rq.registry import StartedJobRegistry
 from rq.utils import current_timestamp
 from rq.worker import Worker
 
-from gateway import db, outbound, replies
-from gateway.analysis import schedule_analysis
+from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
-from gateway.db import database
+from gateway.conversations import outbound, replies
 from gateway.errors import PermanentError
-from gateway.models import Agent, Chat, ChatStatus, ChatType, Message, MessageStatus, ReplyState, Role, utcnow
 from gateway.queue import (
     LIVE_STATES,
     connect_redis,
@@ -40,9 +38,21 @@ from gateway.queue import (
     reply_job_id,
     retry_policy,
 )
-
-from . import memory_jobs
-from .context import get_settings
+from gateway.storage import db
+from gateway.storage.db import database
+from gateway.storage.models import (
+    Agent,
+    Chat,
+    ChatStatus,
+    ChatType,
+    Message,
+    MessageStatus,
+    ReplyState,
+    Role,
+    utcnow,
+)
+from workers import memory_jobs
+from workers.context import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ import logging
 
 from rq import Queue
 
-from gateway import analysis, memory
-from gateway.db import database
-from gateway.models import Agent, Chat, Message
-
-from .context import get_settings
+from gateway.agent import analysis, memory
+from gateway.storage.db import database
+from gateway.storage.models import Agent, Chat, Message
+from workers.context import get_settings
 
 log = logging.getLogger(__name__)
 

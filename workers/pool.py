@@ -688,7 +688,7 @@ class ThreadPoolWorker(SimpleWorker):
 def _close_thread_database() -> None:
     """Close this thread's peewee connection (a pooled one goes back to the pool)."""
     try:
-        from gateway.db import database
+        from gateway.storage.db import database
 
         if database.obj is not None and not database.is_closed():
             database.close()

@@ -24,12 +24,11 @@ from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY
 from rq.job import Job
 from rq.scripts import acquire_or_refresh_lock, release_lock
 
-from gateway import db
 from gateway.config import Settings
 from gateway.queue import connect_redis, queue_name
-
-from . import context
-from .pool import ThreadPoolWorker
+from gateway.storage import db
+from workers import context
+from workers.pool import ThreadPoolWorker
 
 log = logging.getLogger(__name__)
 

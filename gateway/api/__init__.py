@@ -6,7 +6,7 @@ import hmac
 
 from flask import Blueprint, current_app, request
 
-from .errors import API_PREFIX, ApiError, register_error_handlers
+from gateway.api.errors import API_PREFIX, ApiError, register_error_handlers
 
 bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
 
@@ -42,4 +42,4 @@ def _require_api_key() -> None:
         raise ApiError(401, "unauthorized", "The API key is wrong.")
 
 
-from . import agents, chats, completions, openapi, phone_numbers, sms_chats  # noqa: E402,F401  (routes register on bp)
+from gateway.api import agents, chats, completions, openapi, phone_numbers, sms_chats  # noqa: E402,F401  (routes register on bp)

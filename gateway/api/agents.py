@@ -5,13 +5,10 @@ from __future__ import annotations
 from flask import jsonify
 from peewee import IntegrityError
 
-from ..agents import DEFAULT_AGENT_ID, default_agent
-from ..db import database
-from ..models import Agent, Chat, ChatStatus, PhoneNumber, utcnow
-from . import bp
-from .errors import conflict, invalid_field, not_found
-from .serializers import agent_json
-from .validation import (
+from gateway.api import bp
+from gateway.api.errors import conflict, invalid_field, not_found
+from gateway.api.serializers import agent_json
+from gateway.api.validation import (
     ID_PATTERN,
     Field,
     analysis_fields,
@@ -22,6 +19,9 @@ from .validation import (
     string,
     validate,
 )
+from gateway.conversations.agents import DEFAULT_AGENT_ID, default_agent
+from gateway.storage.db import database
+from gateway.storage.models import Agent, Chat, ChatStatus, PhoneNumber, utcnow
 
 MESSAGE_MAX = 10_000
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from flask import current_app, jsonify, request
 
-from ..analysis import schedule_analysis
-from ..db import database
-from ..models import Chat, ChatStatus, ChatType, Message, utcnow
-from . import bp
-from .agents import agent_for_field
-from .errors import conflict, not_found
-from .paging import page_of_chats
-from .serializers import chat_detail_json, chat_json
-from .validation import (
+from gateway.agent.analysis import schedule_analysis
+from gateway.api import bp
+from gateway.api.agents import agent_for_field
+from gateway.api.errors import conflict, not_found
+from gateway.api.paging import page_of_chats
+from gateway.api.serializers import chat_detail_json, chat_json
+from gateway.api.validation import (
     ID_PATTERN,
     Field,
     json_body,
@@ -24,6 +22,8 @@ from .validation import (
     string_map,
     validate,
 )
+from gateway.storage.db import database
+from gateway.storage.models import Chat, ChatStatus, ChatType, Message, utcnow
 
 CREATE_FIELDS: dict[str, Field] = {
     "agent_id": Field(string(max_length=64), required=True),

@@ -15,17 +15,17 @@ import time
 from flask import current_app, jsonify
 from redis import RedisError
 
-from .. import llm, prompt
-from ..config import Settings
-from ..db import database
-from ..errors import GatewayError, TransientError
-from ..memory import schedule_after_turn
-from ..models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
-from . import bp
-from .concurrency import Semaphore, SlotsBusy
-from .errors import ApiError, conflict, invalid_field, not_found
-from .serializers import message_json
-from .validation import ID_PATTERN, Field, json_body, string, validate
+from gateway.agent import llm, prompt
+from gateway.agent.memory import schedule_after_turn
+from gateway.api import bp
+from gateway.api.concurrency import Semaphore, SlotsBusy
+from gateway.api.errors import ApiError, conflict, invalid_field, not_found
+from gateway.api.serializers import message_json
+from gateway.api.validation import ID_PATTERN, Field, json_body, string, validate
+from gateway.config import Settings
+from gateway.errors import GatewayError, TransientError
+from gateway.storage.db import database
+from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
 
 log = logging.getLogger(__name__)
 

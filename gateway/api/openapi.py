@@ -10,11 +10,11 @@ from typing import Any
 
 from flask import jsonify
 
-from ..agents import DEFAULT_AGENT_ID
-from . import bp
-from .chats import DEFAULT_LIMIT, MAX_LIMIT
-from .completions import SLOT_WAIT_SECONDS
-from .validation import ID_PATTERN, MAX_INT
+from gateway.api import bp
+from gateway.api.chats import DEFAULT_LIMIT, MAX_LIMIT
+from gateway.api.completions import SLOT_WAIT_SECONDS
+from gateway.api.validation import ID_PATTERN, MAX_INT
+from gateway.conversations.agents import DEFAULT_AGENT_ID
 
 JSON = "application/json"
 ID = {"type": "string", "pattern": ID_PATTERN.pattern}

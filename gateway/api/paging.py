@@ -14,10 +14,10 @@ from datetime import datetime
 
 from peewee import Expression, Tuple
 
-from ..db import is_postgres
-from ..models import Chat
-from .errors import invalid_field
-from .validation import ID_PATTERN
+from gateway.api.errors import invalid_field
+from gateway.api.validation import ID_PATTERN
+from gateway.storage.db import is_postgres
+from gateway.storage.models import Chat
 
 CURSOR_FIELD = "pagination_key"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import jsonify
 from peewee import IntegrityError
 
-from ..db import database
-from ..models import PhoneNumber, utcnow
-from . import bp
-from .agents import agent_for_field
-from .errors import conflict, not_found
-from .serializers import phone_number_json
-from .validation import Field, e164, json_body, normalize_e164, string, validate
+from gateway.api import bp
+from gateway.api.agents import agent_for_field
+from gateway.api.errors import conflict, not_found
+from gateway.api.serializers import phone_number_json
+from gateway.api.validation import Field, e164, json_body, normalize_e164, string, validate
+from gateway.storage.db import database
+from gateway.storage.models import PhoneNumber, utcnow
 
 AGENT_REF = string(max_length=64, nullable=True)
 UPDATE_FIELDS: dict[str, Field] = {

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..models import Agent, Chat, Message, MessageStatus, PhoneNumber
+from gateway.storage.models import Agent, Chat, Message, MessageStatus, PhoneNumber
 
 # The statuses the API shows. The worker marks a part it is handing to Twilio "sending" (an
 # internal lease, gateway/replies.py): to a client that part is still "queued".

@@ -18,17 +18,17 @@ from urllib.parse import urlparse
 from flask import current_app, jsonify, request
 from peewee import IntegrityError
 
-from ..agents import outbound_agent_for
-from ..db import database
-from ..models import IdempotencyKey, PhoneNumber
-from ..outbound import OutboundRefused, OutboundRequest, start_sms_chat
-from ..queue import enqueue_opening, retry_policy
-from . import bp
-from .agents import agent_for_field
-from .chats import messages_of
-from .errors import ApiError, invalid_field
-from .serializers import chat_detail_json
-from .validation import Field, e164, json_body, json_object, string, string_map, validate
+from gateway.api import bp
+from gateway.api.agents import agent_for_field
+from gateway.api.chats import messages_of
+from gateway.api.errors import ApiError, invalid_field
+from gateway.api.serializers import chat_detail_json
+from gateway.api.validation import Field, e164, json_body, json_object, string, string_map, validate
+from gateway.conversations.agents import outbound_agent_for
+from gateway.conversations.outbound import OutboundRefused, OutboundRequest, start_sms_chat
+from gateway.queue import enqueue_opening, retry_policy
+from gateway.storage.db import database
+from gateway.storage.models import IdempotencyKey, PhoneNumber
 
 log = logging.getLogger(__name__)
 

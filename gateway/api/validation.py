@@ -12,7 +12,7 @@ from typing import Any
 import phonenumbers
 from flask import request
 
-from .errors import ApiError, invalid_field, invalid_json
+from gateway.api.errors import ApiError, invalid_field, invalid_json
 
 # A request body larger than this is refused before it is parsed.
 MAX_BODY_BYTES = 1024 * 1024
@@ -153,7 +153,7 @@ def string_map(*, max_value_length: int = 10_000) -> Checker:
 
 def analysis_fields() -> Checker:
     """Custom post-chat analysis fields, in the shape `gateway.analysis` documents and reads."""
-    from ..analysis import validate_analysis_fields
+    from gateway.agent.analysis import validate_analysis_fields
 
     def check(name: str, value: Any) -> Any:
         try:

@@ -13,9 +13,9 @@ from datetime import datetime
 
 from peewee import JOIN, IntegrityError
 
-from .agents import inbound_agent_for
-from .db import database
-from .models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
+from gateway.conversations.agents import inbound_agent_for
+from gateway.storage.db import database
+from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
 
 
 @dataclass(frozen=True)

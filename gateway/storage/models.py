@@ -19,7 +19,7 @@ from peewee import (
     TextField,
 )
 
-from .db import database
+from gateway.storage.db import database
 
 
 def utcnow() -> datetime:

@@ -10,8 +10,8 @@ from typing import Any
 import openai
 from openai import OpenAI
 
-from .config import Settings
-from .errors import GatewayError, PermanentError, TransientError, http_status_is_transient
+from gateway.config import Settings
+from gateway.errors import GatewayError, PermanentError, TransientError, http_status_is_transient
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,9 @@ from peewee import IntegrityError
 from redis.exceptions import RedisError
 from twilio.twiml.messaging_response import MessagingResponse
 
-from .agents import DEFAULT_HELP_MESSAGE
-from .analysis import schedule_analysis
-from .db import write_transaction
-from .keywords import Keyword, match_keyword
-from .models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
-from .queue import enqueue_reply, retry_policy
-from .sessions import (
+from gateway.agent.analysis import schedule_analysis
+from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
+from gateway.conversations.sessions import (
     contact_state,
     end_chat,
     find_inbound,
@@ -33,8 +29,12 @@ from .sessions import (
     sms_session,
     touch_chat,
 )
-from .signature import twilio_signature_required
-from .statuses import (
+from gateway.queue import enqueue_reply, retry_policy
+from gateway.storage.db import write_transaction
+from gateway.storage.models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
+from gateway.twilio.keywords import Keyword, match_keyword
+from gateway.twilio.signature import twilio_signature_required
+from gateway.twilio.statuses import (
     UNSUBSCRIBED_RECIPIENT,
     map_twilio_status,
     message_exists,

@@ -16,10 +16,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .config import Settings
-from .media import MAX_IMAGES, describe, is_image, pending_image
-from .memory import profile_section, summary_section
-from .models import Agent, Chat, Message, MessageStatus, Role
+from gateway.agent.memory import profile_section, summary_section
+from gateway.config import Settings
+from gateway.storage.models import Agent, Chat, Message, MessageStatus, Role
+from gateway.twilio.media import MAX_IMAGES, describe, is_image, pending_image
 
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 

@@ -44,11 +44,21 @@ from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
-from . import llm
-from .config import Settings
-from .db import database
-from .models import Agent, Chat, ChatStatus, ChatType, Message, MessageStatus, Role, UserProfile, utcnow
-from .queue import connect_redis, queue_name, retry_policy
+from gateway.agent import llm
+from gateway.config import Settings
+from gateway.queue import connect_redis, queue_name, retry_policy
+from gateway.storage.db import database
+from gateway.storage.models import (
+    Agent,
+    Chat,
+    ChatStatus,
+    ChatType,
+    Message,
+    MessageStatus,
+    Role,
+    UserProfile,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +137,7 @@ def clip(text: str, limit: int) -> str:
 
 def transcript(rows: Iterable[Message]) -> str:
     """Messages as `Person: ...` / `Assistant: ...` lines; the SMS parts of one reply joined."""
-    from .prompt import merge_turns  # lazy: gateway.prompt imports this module
+    from gateway.agent.prompt import merge_turns  # lazy: gateway.prompt imports this module
 
     lines = []
     for turn in merge_turns(list(rows)):

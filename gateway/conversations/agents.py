@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from peewee import IntegrityError
 
-from .db import database
-from .models import Agent, PhoneNumber
+from gateway.storage.db import database
+from gateway.storage.models import Agent, PhoneNumber
 
 DEFAULT_AGENT_ID = "agent_default"
 DEFAULT_SYSTEM_PROMPT = (

@@ -11,8 +11,8 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from .config import Settings
-from .errors import GatewayError, PermanentError, TransientError, classify_twilio
+from gateway.config import Settings
+from gateway.errors import GatewayError, PermanentError, TransientError, classify_twilio
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
-from .config import Settings
+from gateway.config import Settings
 
 log = logging.getLogger(__name__)
 

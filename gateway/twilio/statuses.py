@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from .models import Message, MessageStatus, utcnow
-from .sessions import set_opted_out
+from gateway.conversations.sessions import set_opted_out
+from gateway.storage.models import Message, MessageStatus, utcnow
 
 log = logging.getLogger(__name__)
 

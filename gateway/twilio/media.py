@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .config import Settings
+from gateway.config import Settings
 
 log = logging.getLogger(__name__)
 

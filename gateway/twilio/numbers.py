@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from peewee import IntegrityError
 from twilio.rest import Client
 
-from .config import Settings
-from .db import database
-from .models import PhoneNumber, utcnow
-from .twilio_client import twilio_client
+from gateway.config import Settings
+from gateway.storage.db import database
+from gateway.storage.models import PhoneNumber, utcnow
+from gateway.twilio.client import twilio_client
 
 SMS_PATH = "/twilio/sms"
 STATUS_PATH = "/twilio/status"

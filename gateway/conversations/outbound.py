@@ -14,14 +14,24 @@ from dataclasses import dataclass
 
 from peewee import IntegrityError
 
-from . import llm
-from .config import Settings
-from .db import database
-from .errors import PermanentError, TransientError
-from .models import Agent, Chat, ChatStatus, ChatType, Contact, Message, MessageStatus, Role, utcnow
-from .prompt import build_messages
-from .replies import SmsTarget, ask_for_sms, record_part_failure, send_parts
-from .text import split_sms
+from gateway.agent import llm
+from gateway.agent.prompt import build_messages
+from gateway.agent.text import split_sms
+from gateway.config import Settings
+from gateway.conversations.replies import SmsTarget, ask_for_sms, record_part_failure, send_parts
+from gateway.errors import PermanentError, TransientError
+from gateway.storage.db import database
+from gateway.storage.models import (
+    Agent,
+    Chat,
+    ChatStatus,
+    ChatType,
+    Contact,
+    Message,
+    MessageStatus,
+    Role,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 

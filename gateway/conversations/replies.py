@@ -30,11 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import llm, media
-from .config import Settings
-from .db import database, write_transaction
-from .errors import GatewayError, PermanentError, TransientError, is_opted_out
-from .models import (
+from gateway.agent import llm
+from gateway.agent.prompt import build_messages
+from gateway.agent.text import split_sms, to_plain_text
+from gateway.config import Settings
+from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
+from gateway.storage.db import database, write_transaction
+from gateway.storage.models import (
     Agent,
     Chat,
     ChatStatus,
@@ -46,10 +48,9 @@ from .models import (
     Role,
     utcnow,
 )
-from .prompt import build_messages
-from .statuses import map_twilio_status
-from .text import split_sms, to_plain_text
-from .twilio_client import send_sms
+from gateway.twilio import media
+from gateway.twilio.client import send_sms
+from gateway.twilio.statuses import map_twilio_status
 
 log = logging.getLogger(__name__)
 

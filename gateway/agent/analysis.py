@@ -34,14 +34,22 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 
-from . import llm
-from .config import Settings
-from .db import database
-from .errors import TransientError
-from .memory import LIVE_STATES, clip, job_status, job_token, model_for, parse_json_object, transcript
-from .models import Agent, Chat, Message, Role, utcnow
-from .prompt import fill_variables, recent_messages
-from .queue import retry_policy
+from gateway.agent import llm
+from gateway.agent.memory import (
+    LIVE_STATES,
+    clip,
+    job_status,
+    job_token,
+    model_for,
+    parse_json_object,
+    transcript,
+)
+from gateway.agent.prompt import fill_variables, recent_messages
+from gateway.config import Settings
+from gateway.errors import TransientError
+from gateway.queue import retry_policy
+from gateway.storage.db import database
+from gateway.storage.models import Agent, Chat, Message, Role, utcnow
 
 log = logging.getLogger(__name__)
 
