@@ -72,6 +72,19 @@ class ReplyState(StrEnum):
     ANSWERED = "answered"  # the agent's reply is recorded (its parts carry their own status)
     NONE = "none"  # needs no agent reply (keyword, opted out)
     FAILED = "failed"  # gave up; error_message says why
+    RATE_LIMITED = "rate_limited"  # over the agent's replies-per-person cap: no model call
+    BUDGET_EXHAUSTED = "budget_exhausted"  # over a daily token budget: no model call
+
+
+class MessageKind(StrEnum):
+    """What a message is to the conversation; only TEXT (and OPERATOR) ever reach the model."""
+
+    TEXT = "text"  # an ordinary text from the person, or the agent's reply
+    KEYWORD = "keyword"  # STOP/START/HELP and Twilio's other default keywords
+    OPTED_OUT = "opted_out"  # received while the person is opted out of this number
+    HELP_ANSWER = "help_answer"  # the gateway's answer to HELP
+    NOTICE = "notice"  # a gateway notice (over a cap, and the like), not the agent's words
+    OPERATOR = "operator"  # written by a human operator who took the chat over
 
 
 class BaseModel(Model):
@@ -104,6 +117,18 @@ class Agent(BaseModel):
     fallback_enabled = BooleanField(default=True)  # False: a model failure sends nothing
     accepts_images = BooleanField(default=False)
     analysis_fields = JSONField(default=list)  # custom post-chat analysis fields
+    # Bounds on one reply: the model's max_tokens, and how many SMS parts it may become.
+    max_tokens = IntegerField(default=1024)
+    max_reply_parts = IntegerField(default=5)
+    # Spend guard; None takes the gateway-wide default from settings.
+    replies_per_person_per_hour = IntegerField(null=True)
+    replies_per_person_per_day = IntegerField(null=True)
+    tokens_per_day = IntegerField(null=True)
+    limit_notice_message = TextField(null=True)  # None: built-in text; "": no notice
+    # Consent: the hint on the first text we start to a person (None: built-in; "": off), and
+    # the hours outbound starts may go out in, in the number's timezone ({"start","end"} "HH:MM").
+    opt_out_hint = TextField(null=True)
+    sending_hours = JSONField(null=True)
     is_default = BooleanField(default=False, index=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
@@ -119,6 +144,7 @@ class PhoneNumber(BaseModel):
     inbound_agent = ForeignKeyField(Agent, null=True, backref="inbound_numbers", on_delete="RESTRICT")
     outbound_agent = ForeignKeyField(Agent, null=True, backref="outbound_numbers", on_delete="RESTRICT")
     twilio_sid = CharField(max_length=64, null=True)
+    timezone = CharField(max_length=64, null=True)  # IANA name; None: guessed from the number
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
 
@@ -180,7 +206,9 @@ class Message(BaseModel):
     id = AutoField()
     chat = ForeignKeyField(Chat, backref="messages", on_delete="CASCADE")
     role = CharField(max_length=8)
+    kind = CharField(max_length=16, default=MessageKind.TEXT.value)  # MessageKind
     content = TextField(default="")
+    truncated = BooleanField(default=False)  # inbound Body longer than Twilio's 1600 characters
     media = JSONField(default=list)  # [{"url", "content_type"}]
     twilio_sid = CharField(max_length=64, null=True, unique=True)
     status = CharField(max_length=16, null=True)  # SMS only
