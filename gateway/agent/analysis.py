@@ -35,6 +35,7 @@ from rq import Queue
 from rq.job import Job
 
 from gateway.agent import llm
+from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
     LIVE_STATES,
     clip,
@@ -44,7 +45,7 @@ from gateway.agent.memory import (
     parse_json_object,
     transcript,
 )
-from gateway.agent.prompt import fill_variables, recent_messages
+from gateway.agent.prompt import fill_variables
 from gateway.config import Settings
 from gateway.errors import TransientError
 from gateway.queue import retry_policy

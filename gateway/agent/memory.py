@@ -45,6 +45,7 @@ from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
 from gateway.agent import llm
+from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
 from gateway.queue import connect_redis, queue_name, retry_policy
 from gateway.storage.db import database
@@ -54,7 +55,6 @@ from gateway.storage.models import (
     ChatStatus,
     ChatType,
     Message,
-    MessageStatus,
     Role,
     UserProfile,
     utcnow,
@@ -115,20 +115,6 @@ PROFILE_INSTRUCTIONS = (
 # --- small helpers --------------------------------------------------------------------------------
 
 
-def in_conversation():
-    """Messages the person saw or wrote: not agent parts that failed before Twilio took them.
-
-    The same rule as gateway.prompt.recent_messages, spelled out without NOT(...) because
-    status is NULL on API messages and NOT(NULL) drops rows.
-    """
-    return (
-        (Message.role != Role.AGENT.value)
-        | Message.status.is_null()
-        | (Message.status != MessageStatus.FAILED.value)
-        | Message.twilio_sid.is_null(False)
-    )
-
-
 def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, with an ellipsis when cut."""
     text = text.strip()
@@ -137,13 +123,7 @@ def clip(text: str, limit: int) -> str:
 
 def transcript(rows: Iterable[Message]) -> str:
     """Messages as `Person: ...` / `Assistant: ...` lines; the SMS parts of one reply joined."""
-    from gateway.agent.prompt import merge_turns  # lazy: gateway.prompt imports this module
-
-    lines = []
-    for turn in merge_turns(list(rows)):
-        who = "Assistant" if turn["role"] == "assistant" else "Person"
-        lines.append(f"{who}: {clip(turn['content'], MESSAGE_MAX_CHARS)}")
-    return "\n".join(lines)
+    return transcript_lines(list(rows), MESSAGE_MAX_CHARS)
 
 
 def parse_json_object(text: str | None) -> dict[str, Any] | None:

@@ -1,0 +1,133 @@
+"""The chat read as turns: which stored messages are part of the conversation, and how they merge.
+
+The prompt (gateway.agent.prompt), memory (gateway.agent.memory) and the post-chat analysis
+(gateway.agent.analysis) all read a chat the same way; this module is that one reading. It may
+import storage and the Twilio media helpers, nothing above them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.storage.models import Chat, Message, MessageStatus, Role
+from gateway.twilio.media import MAX_IMAGES, describe, is_image, pending_image
+
+
+def in_conversation():
+    """Messages the person saw or wrote: not agent parts that failed before Twilio took them.
+
+    Spelled out without NOT(...) because status is NULL on API messages and NOT(NULL) drops rows.
+    """
+    return (
+        (Message.role != Role.AGENT.value)
+        | Message.status.is_null()
+        | (Message.status != MessageStatus.FAILED.value)
+        | Message.twilio_sid.is_null(False)
+    )
+
+
+def transcript_lines(rows: list[Message], clip_to: int) -> str:
+    """Messages as `Person: ...` / `Assistant: ...` lines, each clipped; the parts of one reply joined."""
+    lines = []
+    for turn in merge_turns(list(rows)):
+        who = "Assistant" if turn["role"] == "assistant" else "Person"
+        text = turn["content"].strip()
+        if len(text) > clip_to:
+            text = text[: clip_to - 1].rstrip() + "…"
+        lines.append(f"{who}: {text}")
+    return "\n".join(lines)
+
+
+def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = None) -> list[Message]:
+    """The newest `limit` messages of the chat, oldest first, in ONE bounded query.
+
+    Agent parts that never left (failed before Twilio took them) are not part of the
+    conversation the person saw, so they are left out.
+    """
+    if limit < 1:
+        return []
+    query = Message.select().where((Message.chat == chat.chat_id) & in_conversation())
+    if upto_message_id is not None:
+        query = query.where(Message.id <= upto_message_id)
+    rows = list(query.order_by(Message.id.desc()).limit(limit))
+    rows.reverse()
+    return rows
+
+
+def images_to_attach(rows: list[Message], limit: int = MAX_IMAGES) -> dict[int, list[int]]:
+    """The newest `limit` image attachments of these messages: {message id: [media index]}."""
+    picked: dict[int, list[int]] = {}
+    count = 0
+    for row in reversed(rows):
+        media = row.media or []
+        for index in range(len(media) - 1, -1, -1):
+            if count >= limit:
+                return picked
+            if is_image(media[index]):
+                picked.setdefault(row.id, []).insert(0, index)
+                count += 1
+    return picked
+
+
+def trailing_user_messages(rows: list[Message]) -> list[Message]:
+    """The user messages after the last agent message."""
+    tail: list[Message] = []
+    for row in reversed(rows):
+        if row.role != Role.USER.value:
+            break
+        tail.append(row)
+    tail.reverse()
+    return tail
+
+
+def merge_turns(rows: list[Message], images: dict[int, list[int]] | None = None) -> list[dict[str, Any]]:
+    """Consecutive messages of one role as one turn; the SMS parts of one reply joined back.
+
+    `images` ({message id: [media index]}, from images_to_attach) become placeholder parts,
+    which turns a turn's content into a list of parts; without it every content is a string.
+    """
+    turns: list[dict[str, Any]] = []
+    last_reply_to: object = object()
+    for row in rows:
+        role = "assistant" if row.role == Role.AGENT.value else "user"
+        attached = (images or {}).get(row.id, [])
+        content = message_text(row, skip=attached)
+        pending = [pending_image(row.media[index]) for index in attached]
+        if not content and not pending:
+            continue
+        if turns and turns[-1]["role"] == role:
+            if role == "assistant":
+                # Parts of one split reply read on as one text; separate replies as paragraphs.
+                same_reply = row.reply_to_id is not None and row.reply_to_id == last_reply_to
+                sep = " " if same_reply else "\n\n"
+            else:
+                sep = "\n"
+            turns[-1]["content"] = _append(turns[-1]["content"], sep, content, pending)
+        else:
+            turns.append({"role": role, "content": _append("", "", content, pending)})
+        last_reply_to = row.reply_to_id
+    return turns
+
+
+def _append(content: str | list, sep: str, text: str, pending: list[dict[str, Any]]) -> str | list:
+    """A turn's content with one more message's text (and image placeholders) after it."""
+    if not pending and isinstance(content, str):
+        return content + sep + text if content and text else content or text
+    parts = list(content) if isinstance(content, list) else []
+    if isinstance(content, str) and content:
+        parts.append({"type": "text", "text": content})
+    if text:
+        if parts and parts[-1]["type"] == "text":
+            parts[-1] = {"type": "text", "text": parts[-1]["text"] + sep + text}
+        else:
+            parts.append({"type": "text", "text": text})
+    return parts + pending
+
+
+def message_text(row: Message, skip: list[int] | tuple[int, ...] = ()) -> str:
+    """A message's text, with its attachments (but those at the `skip` indexes) described."""
+    lines = [row.content.strip()] if row.content and row.content.strip() else []
+    for index, item in enumerate(row.media or []):
+        if index not in skip and isinstance(item, dict) and item.get("url"):
+            lines.append(describe(item))
+    return "\n".join(lines)
