@@ -286,7 +286,17 @@ def test_sigkill_leaves_jobs_that_rq_cleanup_retries_or_fails(redis_conn, queue,
     no_retry = queue.enqueue(f"{JOBS}.slow_first_time", "runs:plain", 60)
     worker = start_worker(concurrency=4)
     registry = StartedJobRegistry(queue=queue)
-    wait_for(lambda: len(registry.get_job_ids(cleanup=False)) == 2, message="both jobs in flight")
+    # Both jobs counted as started AND marked so (RQ records the status just after the registry).
+    wait_for(
+        lambda: (
+            len(registry.get_job_ids(cleanup=False)) == 2
+            and all(
+                Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.STARTED
+                for job in (with_retry, no_retry)
+            )
+        ),
+        message="both jobs in flight",
+    )
     worker.signal(signal.SIGKILL)
     worker.wait()
 
