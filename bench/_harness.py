@@ -112,9 +112,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     Settings the developer has in their shell (DATABASE_URL, OPENAI_*, TWILIO_*...) must not leak
     into the bench; children also run in a scratch folder, so no `.env` file is read.
     """
-    from gateway.config import _ENV_NAMES
+    from gateway.config import ENV_NAMES
 
-    drop = set(_ENV_NAMES.values()) | {"PORT", "WEB_CONCURRENCY", "WEB_THREADS"}
+    drop = set(ENV_NAMES.values()) | {"PORT", "WEB_CONCURRENCY", "WEB_THREADS"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("OPENAI_", "TWILIO_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH_DIR)])
     env["PYTHONUNBUFFERED"] = "1"

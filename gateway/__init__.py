@@ -47,9 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _with_instance_path(settings: Settings, instance_path: str) -> Settings:
     """Settings whose SQLite default lives in Flask's instance folder."""
-    from dataclasses import replace
-
-    return replace(settings, instance_path=instance_path)
+    return settings.model_copy(update={"instance_path": instance_path})
 
 
 def _register_blueprints(app: Flask) -> None:

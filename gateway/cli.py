@@ -6,12 +6,15 @@ import logging
 
 import click
 
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, SettingsError, load_settings
 
 
 def _settings() -> Settings:
-    """Settings from the environment and `.env`."""
-    return load_settings()
+    """Settings from the environment and `.env`; a bad value stops with the variable's name."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(f"bad setting: {exc}") from None
 
 
 @click.group()

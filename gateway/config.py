@@ -1,52 +1,87 @@
-"""The one place that reads the environment (and `.env`) into the gateway's settings."""
+"""The one place that reads the environment (and `.env`) into the gateway's settings.
+
+Each setting is one typed field of `Settings`, named by the environment variable it is read from
+(`validation_alias`); pydantic parses and checks the values, and `load_settings` turns a rejected
+value into a message that names the variable and what it expected.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from pathlib import Path
 
 from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
 
-def _bool(value: str | None, default: bool = False) -> bool:
-    """Read a yes/no setting the way people write them in `.env` files."""
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+class SettingsError(ValueError):
+    """A setting in the environment or `.env` has a value the gateway cannot use."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting the gateway reads; `.env.example` lists the same names."""
+class Settings(BaseSettings):
+    """Every setting the gateway reads; `.env.example` lists the same names.
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
-    twilio_api_base_url: str = "https://api.twilio.com"
-    public_base_url: str | None = None
-    openai_api_key: str | None = None
-    openai_base_url: str | None = None
-    openai_model: str = DEFAULT_MODEL
-    gateway_api_key: str | None = None
+    `Settings(field=...)` takes exactly the values given (tests, `smsgw dev`); the environment is
+    read only by `load_settings`. Immutable: derive changed settings with `model_copy(update=...)`.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, validate_by_name=True, validate_by_alias=True, extra="ignore", hide_input_in_errors=False
+    )
+
+    # Database, in peewee db_url form; unset: a SQLite file in the instance folder.
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(None, repr=False, validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_api_base_url: str = Field("https://api.twilio.com", validation_alias="TWILIO_API_BASE_URL")
+    public_base_url: str | None = Field(None, validation_alias="PUBLIC_BASE_URL")
+    openai_api_key: str | None = Field(None, repr=False, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
+    openai_model: str = Field(DEFAULT_MODEL, validation_alias="OPENAI_MODEL")
+    gateway_api_key: str | None = Field(None, repr=False, validation_alias="GATEWAY_API_KEY")
     # Development switch: skip X-Twilio-Signature checks (logged loudly at start).
-    twilio_validate_signatures: bool = True
+    twilio_validate_signatures: bool = Field(True, validation_alias="TWILIO_VALIDATE_SIGNATURES")
     # Where SQLite files live when DATABASE_URL is unset.
-    instance_path: str = "instance"
+    instance_path: str = Field("instance", validation_alias="SMSGW_INSTANCE_PATH")
     # Seconds a model call may take before it counts as a transient timeout.
-    model_timeout: float = 60.0
+    model_timeout: float = Field(60.0, gt=0, validation_alias="MODEL_TIMEOUT")
     # How many jobs one worker process runs at once (threads, not forks).
-    worker_concurrency: int = 200
+    worker_concurrency: int = Field(200, ge=1, validation_alias="WORKER_CONCURRENCY")
     # PostgreSQL connections one process may hold (pooled; jobs wait for a free one).
-    database_pool_size: int = 20
+    database_pool_size: int = Field(20, ge=1, validation_alias="DATABASE_POOL_SIZE")
     # Queue name prefix, so several gateways (or test runs) can share one Redis.
-    queue_prefix: str = "smsgw"
+    queue_prefix: str = Field("smsgw", validation_alias="SMSGW_QUEUE_PREFIX")
     # `smsgw dev` without Twilio credentials: replies are logged by the worker instead of sent.
-    dev_outbox: bool = False
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    dev_outbox: bool = Field(False, validation_alias="SMSGW_DEV_OUTBOX")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed in: `load_settings` decides which environment is read."""
+        return (init_settings,)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        """Surrounding spaces in `.env` files mean nothing."""
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("database_url", "redis_url", "twilio_api_base_url", "public_base_url", "openai_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        """URLs are joined with paths that start with `/`."""
+        return value.rstrip("/") if value else value
 
     @property
     def model_configured(self) -> bool:
@@ -66,31 +101,32 @@ class Settings:
         return f"sqlite:///{path}"
 
 
-_ENV_NAMES = {
-    "database_url": "DATABASE_URL",
-    "redis_url": "REDIS_URL",
-    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
-    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
-    "twilio_api_base_url": "TWILIO_API_BASE_URL",
-    "public_base_url": "PUBLIC_BASE_URL",
-    "openai_api_key": "OPENAI_API_KEY",
-    "openai_base_url": "OPENAI_BASE_URL",
-    "openai_model": "OPENAI_MODEL",
-    "gateway_api_key": "GATEWAY_API_KEY",
-    "twilio_validate_signatures": "TWILIO_VALIDATE_SIGNATURES",
-    "instance_path": "SMSGW_INSTANCE_PATH",
-    "model_timeout": "MODEL_TIMEOUT",
-    "worker_concurrency": "WORKER_CONCURRENCY",
-    "database_pool_size": "DATABASE_POOL_SIZE",
-    "queue_prefix": "SMSGW_QUEUE_PREFIX",
-    "dev_outbox": "SMSGW_DEV_OUTBOX",
+# Field name -> the environment variable it is read from, e.g. "instance_path" -> "SMSGW_INSTANCE_PATH".
+ENV_NAMES: dict[str, str] = {
+    name: str(info.validation_alias or name.upper()) for name, info in Settings.model_fields.items()
 }
+
+# What a rejected value should have been, by pydantic error type.
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "bool_parsing": "1 or 0 (or true/false, yes/no, on/off)",
+}
+
+
+def _describe(error: Mapping) -> str:
+    """One line per rejected value: `WORKER_CONCURRENCY: expected an integer, got 'abc'`."""
+    field = str(error["loc"][0]) if error.get("loc") else "?"
+    name = ENV_NAMES.get(field, field)
+    expected = _EXPECTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
+    return f"{name}: expected {expected}, got {error.get('input')!r}"
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
     """The environment variables that `load_settings` turns back into these settings."""
     env: dict[str, str] = {}
-    for attr, name in _ENV_NAMES.items():
+    for attr, name in ENV_NAMES.items():
         value = getattr(settings, attr)
         if value is None:
             continue
@@ -98,26 +134,17 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def load_settings(env: dict[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
-    """Build settings from `.env` (if present) overlaid by the process environment."""
+def load_settings(env: Mapping[str, str] | None = None, dotenv_path: str | None = ".env") -> Settings:
+    """Build settings from `.env` (if present) overlaid by the process environment (or `env`).
+
+    An empty value means "use the default". Raises SettingsError naming each bad variable.
+    """
     merged: dict[str, str] = {}
     if dotenv_path and Path(dotenv_path).is_file():
         merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
     merged.update(os.environ if env is None else env)
-    kwargs: dict[str, object] = {}
-    types = {f.name: f.type for f in fields(Settings)}
-    for attr, name in _ENV_NAMES.items():
-        raw = merged.get(name)
-        if raw is None or raw.strip() == "":
-            continue
-        raw = raw.strip()
-        kind = types[attr]
-        if kind == "bool":
-            kwargs[attr] = _bool(raw)
-        elif kind == "int":
-            kwargs[attr] = int(raw)
-        elif kind == "float":
-            kwargs[attr] = float(raw)
-        else:
-            kwargs[attr] = raw.rstrip("/") if attr.endswith("_url") else raw
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    values = {name: merged[name] for name in ENV_NAMES.values() if merged.get(name, "").strip()}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None

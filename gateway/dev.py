@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from redis import Redis
@@ -59,13 +58,13 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 def dev_settings(settings: Settings, instance_path: str) -> Settings:
     """Settings for development: the instance folder, and no signature checks without a token."""
-    settings = replace(settings, instance_path=instance_path)
+    settings = settings.model_copy(update={"instance_path": instance_path})
     if not settings.twilio_auth_token and settings.twilio_validate_signatures:
         # Without a token there is nothing to check signatures against; say so loudly.
         log.warning("TWILIO_AUTH_TOKEN is unset: webhook signatures are not checked in `smsgw dev`")
-        settings = replace(settings, twilio_validate_signatures=False)
+        settings = settings.model_copy(update={"twilio_validate_signatures": False})
     if not settings.twilio_configured:
-        settings = replace(settings, dev_outbox=True)
+        settings = settings.model_copy(update={"dev_outbox": True})
     return settings
 
 
@@ -93,7 +92,7 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
     if not settings.redis_url:
         redis_proc, url = start_embedded_redis(instance / "redis")
         children.append(redis_proc)
-        settings = replace(settings, redis_url=url)
+        settings = settings.model_copy(update={"redis_url": url})
         log.info("embedded Redis at %s (data in %s)", url, instance / "redis")
 
     db.init_database(settings.resolved_database_url(), pool_size=4)

@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -320,4 +319,4 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, message: 
 @pytest.fixture
 def settings_with(settings):
     """Derive settings with some fields changed: `settings_with(openai_base_url=None)`."""
-    return lambda **changes: replace(settings, **changes)
+    return lambda **changes: settings.model_copy(update=changes)

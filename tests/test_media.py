@@ -431,7 +431,7 @@ def test_wrong_credentials_leave_the_image_described(fake_twilio):
     """The fake, like Twilio with HTTP auth for media on, serves media only to our credentials."""
     item = {"url": fake_twilio.add_media("image/jpeg", PNG), "content_type": "image/jpeg"}
     prompt = [{"role": "user", "content": [{"type": "text", "text": "hi"}, media.pending_image(item)]}]
-    wrong = replace(loopback_settings(fake_twilio.url), twilio_auth_token="wrong")
+    wrong = loopback_settings(fake_twilio.url).model_copy(update={"twilio_auth_token": "wrong"})
     assert media.resolve_images(wrong, prompt)[0]["content"] == (
         "hi\n[attachment: image/jpeg, not shown: Twilio answered HTTP 401]"
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 
 import pytest
 from rq import Queue
@@ -46,7 +45,7 @@ def app_with(app, settings):
     """Build another app on the test database and Redis, with some settings changed."""
 
     def build(**changes):
-        return create_app({"TESTING": True, "SETTINGS": replace(settings, **changes)})
+        return create_app({"TESTING": True, "SETTINGS": settings.model_copy(update=changes)})
 
     return build
 

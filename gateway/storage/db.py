@@ -10,12 +10,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse, urlunparse
 
 from peewee import Database, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
-from playhouse.pool import PooledPostgresqlDatabase
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +78,36 @@ def _checkpoint_loop(anchor: sqlite3.Connection, stop: threading.Event) -> None:
         anchor.close()
 
 
+# PostgreSQL URL schemes, all opened through playhouse.db_url's pooled class.
+POSTGRES_SCHEMES = {"postgres", "postgresql", "postgres+pool", "postgresql+pool"}
+
+
 def open_database(url: str, pool_size: int = 20) -> Database:
-    """Create (not connect) the peewee database for a `db_url`-style URL."""
-    scheme = urlparse(url).scheme
-    if scheme.startswith("sqlite"):
+    """Create (not connect) the peewee database for a `db_url`-style URL.
+
+    PostgreSQL goes through `playhouse.db_url` with its pooled class, so the URL's query options
+    reach the driver (`?sslmode=require`, `?options=-csearch_path%3Dsmsgw`) and a percent-encoded
+    user or password (`p%40ss`) arrives decoded. Pool options in the URL win over the defaults.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             _anchor_sqlite(path)
         # timeout is sqlite3's own wait for the lock, in seconds, on top of busy_timeout.
         return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=10)
-    if scheme in {"postgres", "postgresql"}:
+    if parsed.scheme in POSTGRES_SCHEMES:
         # Threads in the worker share a bounded pool; a job waits for a free connection
         # rather than opening one per conversation in flight.
-        parsed = urlparse(url)
-        return PooledPostgresqlDatabase(
-            parsed.path.lstrip("/"),
-            user=parsed.username,
-            password=parsed.password,
-            host=parsed.hostname,
-            port=parsed.port,
-            max_connections=pool_size,
-            stale_timeout=300,
-            timeout=30,
+        defaults = {"max_connections": pool_size, "stale_timeout": 300, "timeout": 30}
+        given = {key for key, _ in parse_qsl(parsed.query, keep_blank_values=True)}
+        pooled = urlunparse(parsed._replace(scheme="postgresql+pool"))
+        return connect_url(
+            pooled,
+            unquote_password=True,
+            unquote_user=True,
+            **{key: value for key, value in defaults.items() if key not in given},
         )
     return connect_url(url)
 
