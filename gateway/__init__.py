@@ -9,6 +9,7 @@ from flask import Flask
 from rq import Queue
 
 from gateway.config import Settings, load_settings
+from gateway.limits import RequestLimits
 from gateway.queue import connect_redis, queue_name
 from gateway.storage import db
 
@@ -42,6 +43,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(health.bp)
     _register_blueprints(app)
+    # Size caps run before Flask reads a byte of the body (see gateway/limits.py).
+    app.wsgi_app = RequestLimits(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

@@ -373,3 +373,17 @@ def test_close_silent_chats(configured, fake_twilio, redis_conn):
     # Each ended chat gets its post-chat analysis queued.
     for chat in (silent, api_chat):
         assert Job.exists(analysis_job_id(chat.chat_id), connection=redis_conn)
+
+
+def test_a_long_answer_is_bounded_and_max_tokens_is_asked(configured, fake_model, fake_twilio):
+    """The model is asked with the agent's max_tokens; an essay becomes at most max_reply_parts texts."""
+    chat = make_chat(max_tokens=300, max_reply_parts=3)
+    message = inbound(chat, "Tell me everything")
+    fake_model.reply_with("blah " * 20_000)
+
+    outcome = replies.answer_message(configured, message.id)
+
+    assert fake_model.requests[-1]["max_tokens"] == 300
+    assert outcome.parts_sent == 3
+    assert len(fake_twilio.messages) == 3
+    assert fake_twilio.messages[-1]["Body"].endswith("…")

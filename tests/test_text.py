@@ -86,3 +86,20 @@ def test_limit_counts_emoji_as_twilio_does():
 def test_exactly_the_limit_is_one_part():
     assert split_sms("y" * SMS_MAX_CHARS) == ["y" * SMS_MAX_CHARS]
     assert len(split_sms("y" * (SMS_MAX_CHARS + 1))) == 2
+
+
+@pytest.mark.timeout(30)
+def test_split_is_linear_in_the_texts_length():
+    """A 20 MB text is split in one pass (the old split was quadratic: such a job ran for a minute)."""
+    parts = split_sms("word " * 4_000_000)
+    assert len(parts) == 12_500
+    assert all(sms_length(p) <= SMS_MAX_CHARS for p in parts)
+
+
+def test_max_parts_bounds_a_reply_and_marks_the_cut():
+    """With max_parts, a long text becomes that many parts, the last ending in an ellipsis."""
+    parts = split_sms("word " * 10_000, max_parts=5)
+    assert len(parts) == 5
+    assert parts[-1].endswith("…")
+    assert all(sms_length(p) <= SMS_MAX_CHARS for p in parts)
+    assert split_sms("short", max_parts=1) == ["short"]

@@ -56,13 +56,17 @@ def complete(
     model: str,
     messages: list[dict[str, Any]],
     temperature: float | None = None,
+    max_tokens: int | None = None,
 ) -> Completion:
-    """Ask the model for the next assistant turn; raise TransientError or PermanentError."""
+    """Ask the model for the next turn (at most `max_tokens` long); raise TransientError or PermanentError."""
     if not settings.model_configured:
         return offline_completion(messages)
     kwargs: dict[str, Any] = {"model": model, "messages": messages}
     if temperature is not None:
         kwargs["temperature"] = temperature
+    if max_tokens is not None and max_tokens > 0:
+        # `max_tokens`, not `max_completion_tokens`: the one every OpenAI-compatible server reads.
+        kwargs["max_tokens"] = max_tokens
     try:
         response = model_client(settings).chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:

@@ -120,38 +120,57 @@ def sms_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def split_sms(text: str, limit: int = SMS_MAX_CHARS) -> list[str]:
+def split_sms(text: str, limit: int = SMS_MAX_CHARS, max_parts: int | None = None) -> list[str]:
     """Split `text` into parts of at most `limit` characters, at paragraph, line or word breaks.
 
-    Words longer than the limit are cut; no part is empty; parts keep the text's order.
+    Words longer than the limit are cut; no part is empty; parts keep the text's order. With
+    `max_parts`, a longer text ends in the last allowed part, cut and marked with an ellipsis.
+    Linear in the text's length: each step looks only at the next `limit` + 1 characters.
     """
     if limit < 2:
         raise ValueError("limit must be at least 2")
+    if max_parts is not None and max_parts < 1:
+        raise ValueError("max_parts must be at least 1")
     parts: list[str] = []
-    rest = text.strip()
-    while rest:
-        if sms_length(rest) <= limit:
-            parts.append(rest)
+    text = text.strip()
+    start, size = 0, len(text)
+    while start < size:
+        if max_parts is not None and len(parts) == max_parts:
+            parts[-1] = _with_ellipsis(parts[-1], limit)
             break
-        end = _fit(rest, limit)  # rest[:end] is the longest prefix that fits
-        window = rest[: end + 1]  # one more char: a break right after the limit counts too
-        cut = _break_at(window, end)
-        part = rest[:cut].rstrip()
+        # The window: the longest run from `start` that fits, plus one more character, since a
+        # break right after the limit counts too.
+        end = _fit(text, start, limit)  # text[start:end] fits
+        if end >= size:
+            parts.append(text[start:])
+            break
+        window = text[start : end + 1]
+        cut = _break_at(window, end - start)
+        part = window[:cut].rstrip()
         if not part:  # only whitespace before the break: cut the word instead
-            cut, part = end, rest[:end]
+            cut, part = end - start, window[: end - start]
         parts.append(part)
-        rest = rest[cut:].lstrip()
+        start += cut
+        while start < size and text[start].isspace():
+            start += 1
     return parts
 
 
-def _fit(text: str, limit: int) -> int:
-    """The number of leading characters of `text` that fit in `limit` UTF-16 units."""
+def _with_ellipsis(part: str, limit: int) -> str:
+    """The last allowed part of a reply that had more to say, ending in "…"."""
+    while sms_length(part) + 1 > limit:
+        part = part[:-1]
+    return part.rstrip() + "…"
+
+
+def _fit(text: str, start: int, limit: int) -> int:
+    """The end of the longest run of `text` from `start` that fits in `limit` UTF-16 units."""
     used = 0
-    for index, char in enumerate(text):
-        used += 2 if ord(char) > 0xFFFF else 1
+    for index in range(start, min(len(text), start + limit + 1)):
+        used += 2 if ord(text[index]) > 0xFFFF else 1
         if used > limit:
-            return max(index, 1)
-    return len(text)
+            return max(index, start + 1)
+    return min(len(text), start + limit)
 
 
 def _break_at(window: str, end: int) -> int:

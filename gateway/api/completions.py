@@ -58,6 +58,7 @@ def complete_with_retries(settings: Settings, agent: Agent, messages: list[dict]
                 model=agent.model or settings.openai_model,
                 messages=messages,
                 temperature=agent.temperature,
+                max_tokens=agent.max_tokens,
             )
         except TransientError as exc:
             if attempt >= agent.retry_attempts:

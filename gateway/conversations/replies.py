@@ -62,6 +62,8 @@ SEND_LEASE = timedelta(seconds=90)
 IN_PROGRESS = "reply_in_progress"
 # At most this many waiting texts are answered by one reply (the rest get the next one).
 MAX_COVERED = 50
+# Parts of one reply when the agent has no max_reply_parts (the column's default).
+DEFAULT_MAX_REPLY_PARTS = 5
 # What the person gets when the model cannot answer and the agent has no fallback_message.
 FALLBACK_MESSAGE = "Sorry, I can't answer right now. Please try again later."
 
@@ -136,7 +138,8 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                     log.warning(
                         "model failed for good in chat %s (%s); sending the fallback", target.chat_id, exc
                     )
-                    completion, parts, model_failure = None, split_sms(fallback_text(agent)), exc
+                    parts = split_sms(fallback_text(agent), max_parts=reply_parts_cap(agent))
+                    completion, model_failure = None, exc
                 anchor, stored = _store_parts(target, newest, parts, completion, failure=model_failure)
                 if anchor is None:  # answered by another attempt meanwhile
                     return ReplyOutcome("skipped", message_id)
@@ -174,11 +177,18 @@ def ask_for_sms(settings: Settings, agent: Agent, prompt: list[dict]) -> tuple[l
         model=agent.model or settings.openai_model,
         messages=prompt,
         temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
     )
-    parts = split_sms(to_plain_text(completion.text) or completion.text.strip())
+    text = to_plain_text(completion.text) or completion.text.strip()
+    parts = split_sms(text, max_parts=reply_parts_cap(agent))
     if not parts:
         raise TransientError("The model's answer was empty once formatted for SMS.", "empty_response")
     return completion, parts
+
+
+def reply_parts_cap(agent: Agent) -> int:
+    """How many SMS parts one reply of this agent may become (a longer one is cut)."""
+    return max(1, agent.max_reply_parts or DEFAULT_MAX_REPLY_PARTS)
 
 
 def _falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:

@@ -153,8 +153,8 @@ class Contact(BaseModel):
     """A person who texts one of our numbers, with their opt-out state for that number."""
 
     id = AutoField()
-    our_number = CharField(max_length=20)
-    phone_number = CharField(max_length=20)
+    our_number = CharField(max_length=32)
+    phone_number = CharField(max_length=32)
     opted_out = BooleanField(default=False)
     opted_out_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
@@ -171,11 +171,12 @@ class Chat(BaseModel):
     chat_type = CharField(max_length=16, default=ChatType.API.value)
     chat_status = CharField(max_length=16, default=ChatStatus.ONGOING.value)
     user_id = CharField(max_length=200, null=True)
-    from_number = CharField(max_length=20, null=True)  # SMS: our number
-    to_number = CharField(max_length=20, null=True)  # SMS: the person's number
+    # Wide enough for `whatsapp:+<E.164>` addresses (migration 0008).
+    from_number = CharField(max_length=32, null=True)  # SMS: our number
+    to_number = CharField(max_length=32, null=True)  # SMS: the person's number
     # "our|theirs" while the SMS chat is ongoing, NULL after: the unique index makes the
     # database refuse a second ongoing chat for one number pair, however the race goes.
-    ongoing_pair = CharField(max_length=48, null=True, unique=True)
+    ongoing_pair = CharField(max_length=72, null=True, unique=True)
     metadata = JSONField(default=dict)
     dynamic_variables = JSONField(default=dict)
     start_timestamp = DateTimeField(default=utcnow)
@@ -214,8 +215,8 @@ class Message(BaseModel):
     status = CharField(max_length=16, null=True)  # SMS only
     error_code = CharField(max_length=16, null=True)
     error_message = TextField(null=True)
-    from_number = CharField(max_length=20, null=True)
-    to_number = CharField(max_length=20, null=True)
+    from_number = CharField(max_length=32, null=True)
+    to_number = CharField(max_length=32, null=True)
     reply_state = CharField(max_length=16, null=True, index=True)  # inbound only
     reply_to = ForeignKeyField("self", null=True, backref="replies", on_delete="SET NULL")
     part_index = IntegerField(null=True)  # outbound SMS: which part of the reply

@@ -32,6 +32,7 @@ from gateway.conversations.sessions import (
 from gateway.queue import enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
 from gateway.storage.models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
+from gateway.twilio import fields
 from gateway.twilio.keywords import Keyword, match_keyword
 from gateway.twilio.signature import twilio_signature_required
 from gateway.twilio.statuses import (
@@ -51,9 +52,6 @@ EMPTY_TWIML = str(MessagingResponse())
 TWIML_MIMETYPE = "text/xml"
 # Twilio attaches at most 10 media to an MMS; more MediaUrlN fields than that are not Twilio's.
 MAX_MEDIA = 10
-# Column sizes (gateway/models.py): longer values are not Twilio's and would fail on PostgreSQL.
-MAX_NUMBER_LEN = 20
-MAX_SID_LEN = 64
 # Chat.end_reason of a chat the person ended by opting out (STOP).
 OPT_OUT_END_REASON = "opt_out"
 
@@ -76,6 +74,7 @@ class InboundSms:
     body: str
     media: list[dict[str, str]] = field(default_factory=list)
     opt_out_type: str | None = None  # STOP/START/HELP when Twilio's Advanced Opt-Out matched
+    truncated: bool = False  # Body was longer than Twilio's 1600 characters and was cut
 
 
 @dataclass(frozen=True)
@@ -103,46 +102,37 @@ def bad_request(reason: str) -> Response:
 
 
 def parse_inbound(form: Mapping[str, str]) -> InboundSms:
-    """Read Twilio's inbound message form; raise InvalidWebhook when its basics are missing."""
-    sid = (form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or "").strip()
-    from_number = (form.get("From") or "").strip()
-    to_number = (form.get("To") or "").strip()
-    missing = [
-        name for name, value in (("MessageSid", sid), ("From", from_number), ("To", to_number)) if not value
-    ]
-    if missing:
-        raise InvalidWebhook(f"missing {', '.join(missing)}: not a Twilio message webhook")
-    if len(sid) > MAX_SID_LEN:
-        raise InvalidWebhook(f"MessageSid is longer than {MAX_SID_LEN} characters")
-    for name, value in (("From", from_number), ("To", to_number)):
-        if len(value) > MAX_NUMBER_LEN:
-            raise InvalidWebhook(f"{name} is longer than {MAX_NUMBER_LEN} characters: not a phone number")
-    body = form.get("Body") or ""
-    if "\x00" in body:  # PostgreSQL text cannot hold NUL
-        body = body.replace("\x00", "")
+    """Read Twilio's inbound message form, cleaned (gateway/twilio/fields.py); InvalidWebhook says why not."""
+    try:
+        raw_sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
+        sid = fields.sid("MessageSid", raw_sid)
+        from_number = fields.address("From", form.get("From"))
+        to_number = fields.address("To", form.get("To"))
+        media = parse_media(form)
+    except fields.InvalidField as exc:
+        raise InvalidWebhook(f"{exc}: not a Twilio message webhook") from None
+    body, truncated = fields.clean_text(form.get("Body"), fields.MAX_BODY_CHARS)
+    if truncated:
+        log.warning("twilio sms: the Body of %s is longer than Twilio sends; recorded truncated", sid)
     return InboundSms(
-        sid=sid,
-        from_number=from_number,
-        to_number=to_number,
+        sid=sid,  # type: ignore[arg-type]  # required: never None
+        from_number=from_number,  # type: ignore[arg-type]
+        to_number=to_number,  # type: ignore[arg-type]
         body=body,
-        media=parse_media(form),
-        opt_out_type=form.get("OptOutType") or None,
+        media=media,
+        opt_out_type=fields.clean_line(form.get("OptOutType"), 32) or None,
+        truncated=truncated,
     )
 
 
 def parse_media(form: Mapping[str, str]) -> list[dict[str, str]]:
     """The MMS attachments (NumMedia, MediaUrlN, MediaContentTypeN) as [{url, content_type}]."""
-    raw = form.get("NumMedia") or "0"
-    try:
-        count = int(raw)
-    except ValueError:
-        log.warning("twilio sms: NumMedia %r is not a number; reading no media", raw)
-        return []
     media = []
-    for index in range(min(max(count, 0), MAX_MEDIA)):
-        url = form.get(f"MediaUrl{index}")
+    for index in range(fields.count("NumMedia", form.get("NumMedia"), maximum=MAX_MEDIA)):
+        url = fields.clean_line(form.get(f"MediaUrl{index}"), fields.MAX_URL_LEN)
         if url:
-            media.append({"url": url, "content_type": form.get(f"MediaContentType{index}") or ""})
+            content_type = fields.clean_line(form.get(f"MediaContentType{index}"))
+            media.append({"url": url, "content_type": content_type})
     return media
 
 
@@ -179,6 +169,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 chat=session.chat_id,
                 role=Role.USER.value,
                 content=sms.body,
+                truncated=sms.truncated,
                 media=sms.media,
                 twilio_sid=sms.sid,
                 status=MessageStatus.RECEIVED.value,
@@ -266,30 +257,38 @@ def inbound_sms() -> Response:
 def status_callback() -> Response:
     """Twilio's message status callback: record the status unless the message is past it."""
     form = request.form
-    sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
-    twilio_status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip()
-    if not sid or not twilio_status:
-        reason = "missing MessageSid or MessageStatus: this does not look like a Twilio status callback"
+    try:
+        sid = fields.sid("MessageSid", form.get("MessageSid") or form.get("SmsSid"))
+        error_code = fields.error_code(form.get("ErrorCode"))
+        # Read only after a 21610, but checked always: a callback is whole or refused.
+        callback_from = fields.address("From", form.get("From"), required=False)
+        callback_to = fields.address("To", form.get("To"), required=False)
+    except fields.InvalidField as exc:
+        reason = f"{exc}: this does not look like a Twilio status callback"
         log.warning("twilio status: rejected a callback: %s", reason)
         return bad_request(reason)
-    error_code = (form.get("ErrorCode") or "").strip() or None
+    twilio_status = fields.clean_line(form.get("MessageStatus") or form.get("SmsStatus"), 32)
+    if not twilio_status:
+        reason = "missing MessageStatus: this does not look like a Twilio status callback"
+        log.warning("twilio status: rejected a callback: %s", reason)
+        return bad_request(reason)
+    error_message = fields.clean_text(form.get("ErrorMessage"), fields.MAX_ERROR_MESSAGE)[0].strip() or None
     status = map_twilio_status(twilio_status)
     if status is None:
         log.info("twilio status: %s reported %r, which is not a delivery state; ignored", sid, twilio_status)
-    elif not record_status(
-        sid, status, error_code=error_code, error_message=form.get("ErrorMessage") or None
-    ) and not message_exists(sid):
+    elif not record_status(sid, status, error_code=error_code, error_message=error_message) and not (
+        message_exists(sid)
+    ):
         # 200 all the same: an error status makes Twilio retry a callback we can never place.
         log.warning("twilio status: no message has sid %s (status %s)", sid, twilio_status)
     if error_code == UNSUBSCRIBED_RECIPIENT:
-        our, theirs = _outbound_numbers(sid, form)
+        our, theirs = _outbound_numbers(sid, callback_from, callback_to)
         opt_out_on_error(error_code, our, theirs)
     return twiml()
 
 
-def _outbound_numbers(sid: str, form: Mapping[str, str]) -> tuple[str | None, str | None]:
+def _outbound_numbers(sid: str, our: str | None, theirs: str | None) -> tuple[str | None, str | None]:
     """(our number, the recipient) of an outbound message: from the callback, else from its row."""
-    our, theirs = form.get("From"), form.get("To")
     if our and theirs:
         return our, theirs
     row = (
