@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway import create_app
 
 
@@ -16,7 +14,9 @@ def test_ready_when_database_and_redis_answer(client):
 
 def test_not_ready_says_only_that_and_logs_why(app, settings, caplog):
     """Redis unreachable: an anonymous caller gets 503 unavailable; the error is in the log only."""
-    broken = create_app({"TESTING": True, "SETTINGS": replace(settings, redis_url="redis://127.0.0.1:1/0")})
+    broken = create_app(
+        {"TESTING": True, "SETTINGS": settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})}
+    )
     with broken.test_client() as client:
         response = client.get("/readyz")
         assert response.status_code == 503
