@@ -289,3 +289,104 @@ def test_agent_used_by_a_number_or_an_ongoing_chat_cannot_be_deleted(client):
 
 def test_settings_fixture_has_a_key(settings: Settings):
     assert settings.gateway_api_key == GATEWAY_API_KEY
+
+
+# --- what the document promises, taken at its word ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("temperature", 1e-50), ("retry_delay", 1e-300), ("retry_delay", 5e-324)]
+)
+def test_tiny_floats_are_stored_as_sent(client, field, value):
+    """Any finite number in the documented range fits the column on both backends (no REAL underflow)."""
+    response = create(client, **{field: value})
+    assert response.status_code == 201, response.json
+    assert client.get(f"/v1/agents/{response.json['agent_id']}", headers=AUTH).json[field] == value
+
+
+def test_whole_floats_count_as_integers(client):
+    """JSON Schema calls 8.0 an integer, so the API takes it (1.5 stays refused, see above)."""
+    response = create(client, num_last_messages=8.0, max_reply_parts=3.0)
+    assert response.status_code == 201, response.json
+    assert response.json["num_last_messages"] == 8
+    assert response.json["max_reply_parts"] == 3
+
+
+def test_ids_match_their_pattern_in_full(client):
+    response = create(client, agent_id="agent_nl\n")
+    assert response.status_code == 422
+    assert response.json["error"]["field"] == "agent_id"
+    assert create(client, agent_id="agent_nl").status_code == 201
+    assert client.get("/v1/agents/agent_nl%0A", headers=AUTH).status_code == 404
+
+
+def test_a_body_is_required_where_one_is_documented(client):
+    for method, path in [("post", "/v1/agents"), ("patch", "/v1/agents/agent_default")]:
+        response = getattr(client, method)(path, headers=AUTH, content_type="application/json")
+        assert response.status_code == 400, (method, path)
+        assert response.json["error"]["code"] == "invalid_json"
+    assert create(client).status_code == 201  # `{}`: every field takes its default
+
+
+def test_unknown_query_parameters_are_refused(client):
+    for path in ("/v1/agents", "/v1/phone-numbers", "/v1/chats", "/v1/agents/agent_default"):
+        response = client.get(f"{path}?to_number=%2B14155550123", headers=AUTH)
+        assert response.status_code == 422, path
+        assert response.json["error"]["field"] == "to_number"
+        assert "not a known query parameter" in response.json["error"]["message"]
+
+
+def test_reply_bounds_spend_caps_and_consent_settings(client):
+    """The per-agent fields other parts of the gateway read: defaults, a round trip, bounds."""
+    defaults = create(client).json
+    assert defaults["max_tokens"] == 1024 and defaults["max_reply_parts"] == 5
+    for field in ("replies_per_person_per_hour", "replies_per_person_per_day", "tokens_per_day"):
+        assert defaults[field] is None  # the gateway-wide default applies
+    assert defaults["limit_notice_message"] is None and defaults["opt_out_hint"] is None
+    assert defaults["sending_hours"] is None
+    settings = {
+        "max_tokens": 300,
+        "max_reply_parts": 2,
+        "replies_per_person_per_hour": 10,
+        "replies_per_person_per_day": 50,
+        "tokens_per_day": 100_000,
+        "limit_notice_message": "",
+        "opt_out_hint": "Text STOP to stop.",
+        "sending_hours": {"start": "09:00", "end": "20:30"},
+    }
+    agent_id = defaults["agent_id"]
+    response = client.patch(f"/v1/agents/{agent_id}", json=settings, headers=AUTH)
+    assert response.status_code == 200, response.json
+    assert {k: response.json[k] for k in settings} == settings
+    stored = Agent.get_by_id(agent_id)
+    assert stored.sending_hours == {"start": "09:00", "end": "20:30"} and stored.max_reply_parts == 2
+    for field, value in [
+        ("max_tokens", 0),
+        ("max_reply_parts", 51),
+        ("replies_per_person_per_hour", 0),
+        ("tokens_per_day", 2**31),
+        ("opt_out_hint", "x" * 1601),
+        ("sending_hours", {"start": "9:00", "end": "20:00"}),
+        ("sending_hours", {"start": "24:00", "end": "20:00"}),
+        ("sending_hours", {"start": "09:00"}),
+    ]:
+        response = client.patch(f"/v1/agents/{agent_id}", json={field: value}, headers=AUTH)
+        assert response.status_code == 422, (field, value)
+        assert response.json["error"]["field"].startswith(field)
+
+
+def test_an_agent_deleted_during_a_patch_is_404(client, monkeypatch):
+    from gateway.api import agents
+
+    agent_id = create(client).json["agent_id"]
+    found = agents.get_agent_or_404
+
+    def found_then_deleted(ident):
+        agent = found(ident)
+        Agent.update(deleted_at=agent.created_at).where(Agent.agent_id == ident).execute()  # a DELETE won
+        return agent
+
+    monkeypatch.setattr(agents, "get_agent_or_404", found_then_deleted)
+    response = client.patch(f"/v1/agents/{agent_id}", json={"name": "late"}, headers=AUTH)
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"

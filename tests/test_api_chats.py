@@ -470,3 +470,39 @@ def test_an_agent_without_history_still_sees_the_new_message(client, fake_model)
     response = complete(client, chat_id, "just this")
     assert response.status_code == 200
     assert fake_model.requests[0]["messages"] == [{"role": "user", "content": "just this"}]
+
+
+# --- filters the document promises --------------------------------------------------------------------
+
+
+def test_filter_by_the_persons_number_in_any_spelling(client):
+    client.get("/v1/agents", headers=AUTH)  # creates the default agent
+    ours, theirs, other = "+14155550123", "+14155552671", "+442071838750"
+    mine = Chat.create(
+        agent="agent_default", chat_type=ChatType.SMS.value, from_number=ours, to_number=theirs
+    )
+    Chat.create(agent="agent_default", chat_type=ChatType.SMS.value, from_number=ours, to_number=other)
+    new_chat(client)
+    for spelling in ("%2B14155552671", "+14155552671", "%2B1%20(415)%20555-2671", "%2B1-415-555-2671"):
+        response = client.get(f"/v1/chats?phone_number={spelling}", headers=AUTH)
+        assert response.status_code == 200, (spelling, response.json)
+        assert [c["chat_id"] for c in response.json["items"]] == [mine.chat_id], spelling
+    # Our own number is not the person's: no chat is "with" it.
+    assert client.get("/v1/chats?phone_number=%2B14155550123", headers=AUTH).json["items"] == []
+    for bad in ("", "not-a-number", "%2B1415555"):
+        response = client.get(f"/v1/chats?phone_number={bad}", headers=AUTH)
+        assert response.status_code == 422, bad
+        assert response.json["error"]["field"] == "phone_number"
+
+
+@pytest.mark.parametrize("query", ["chat_status=", "chat_type=", "agent_id=", "limit=", "limit=1&limit=2"])
+def test_empty_or_repeated_filters_are_refused(client, query):
+    response = client.get(f"/v1/chats?{query}", headers=AUTH)
+    assert response.status_code == 422, response.json
+    assert response.json["error"]["field"] == query.partition("=")[0]
+
+
+def test_a_body_is_required_to_start_a_chat(client):
+    response = client.post("/v1/chats", headers=AUTH, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_json"

@@ -124,3 +124,52 @@ def test_unknown_numbers_are_404(client, path):
         response = getattr(client, method)(path, headers=AUTH, json={})
         assert response.status_code == 404
         assert response.json["error"]["code"] == "not_found"
+
+
+def test_a_number_deleted_during_a_patch_is_404(client, monkeypatch):
+    """PATCH racing DELETE: the row vanishing between the lookup and the update is a 404, not a 500."""
+    from gateway.api import phone_numbers
+    from gateway.storage.models import PhoneNumber
+
+    client.post("/v1/phone-numbers", json={"phone_number": NUMBER}, headers=AUTH)
+    found = phone_numbers.get_number_or_404
+
+    def found_then_deleted(number):
+        row = found(number)
+        PhoneNumber.delete().where(PhoneNumber.phone_number == row.phone_number).execute()  # a DELETE won
+        return row
+
+    monkeypatch.setattr(phone_numbers, "get_number_or_404", found_then_deleted)
+    response = client.patch(f"/v1/phone-numbers/{NUMBER}", json={"inbound_agent_id": None}, headers=AUTH)
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+
+
+def test_a_vanished_row_is_404_everywhere(client, monkeypatch):
+    """Any lookup that finds nothing mid-request (peewee's DoesNotExist) answers 404 under /v1."""
+    from gateway.api import phone_numbers
+    from gateway.storage.models import PhoneNumber
+
+    client.post("/v1/phone-numbers", json={"phone_number": NUMBER}, headers=AUTH)
+
+    def vanished(number):
+        raise PhoneNumber.DoesNotExist(number)
+
+    monkeypatch.setattr(phone_numbers, "phone_number_out", vanished)
+    response = client.get(f"/v1/phone-numbers/{NUMBER}", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+
+
+def test_timezone(client):
+    response = client.post(
+        "/v1/phone-numbers", json={"phone_number": NUMBER, "timezone": "America/Los_Angeles"}, headers=AUTH
+    )
+    assert response.status_code == 201, response.json
+    assert response.json["timezone"] == "America/Los_Angeles"
+    response = client.patch(f"/v1/phone-numbers/{NUMBER}", json={"timezone": None}, headers=AUTH)
+    assert response.json["timezone"] is None
+    for value in ("Mars/Olympus", "", 5, "../etc/passwd"):
+        response = client.patch(f"/v1/phone-numbers/{NUMBER}", json={"timezone": value}, headers=AUTH)
+        assert response.status_code == 422, value
+        assert response.json["error"]["field"] == "timezone"

@@ -15,16 +15,26 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
+from gateway.api.contract import OPERATIONS
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
 # Examples per operation: enough to find shape and 5xx bugs, few enough to finish in seconds.
-MAX_EXAMPLES = 15
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+MAX_EXAMPLES = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+]
 
 
 def test_document_lists_every_route(client):
@@ -130,7 +140,7 @@ def test_v1_routes_conform_to_the_document(api_schema, seeded, monkeypatch):
     monkeypatch.setattr(completions, "SLOT_WAIT_SECONDS", 0.1)
     failures: list[str] = []
     operations = fuzzed_operations(api_schema)
-    assert len(operations) == 18  # every /v1 operation
+    assert len(operations) == len(OPERATIONS) + 1  # every declared operation, and the document itself
     for operation in operations:
 
         @given(case=cases(operation, seeded))
@@ -145,3 +155,16 @@ def test_v1_routes_conform_to_the_document(api_schema, seeded, monkeypatch):
         except (Exception, BaseExceptionGroup) as exc:  # every operation's failure, not the first
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_every_v1_operation_documents_its_errors(client):
+    """Auth, size, URI length and validation errors are documented on every operation; 400 with a body."""
+    doc = client.get("/v1/openapi.json").json
+    for path, item in doc["paths"].items():
+        if not path.startswith("/v1/") or path == "/v1/openapi.json":
+            continue
+        for method, operation in item.items():
+            assert {"401", "413", "414", "422"} <= set(operation["responses"]), (method, path)
+            if "requestBody" in operation:
+                assert operation["requestBody"]["required"] is True
+                assert "400" in operation["responses"], (method, path)

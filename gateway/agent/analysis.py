@@ -19,17 +19,27 @@ Custom fields (`Agent.analysis_fields`), a JSON list of objects:
      "description": "Did the person book?",   # optional: what the model should judge
      "choices": ["morning", "afternoon"]}     # "enum" only: the allowed values (required there)
 
-`validate_analysis_fields` checks that shape strictly (for the API); the job reads fields leniently
-(`normalize_fields`), skipping ones it cannot use. A value that does not fit its type is stored as null.
+`AnalysisField` declares that shape once (the API's models use it, `validate_analysis_fields` checks
+it); the job reads fields leniently (`normalize_fields`), skipping ones it cannot use.
+A value that does not fit its type is stored as null.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from datetime import UTC
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
@@ -59,8 +69,7 @@ ANALYSIS_JOB_TIMEOUT = 300
 ANALYSIS_MAX_MESSAGES = 100  # the newest messages the analysis reads
 SYSTEM_PROMPT_MAX_CHARS = 8000  # of the agent's system prompt shown to the analyst
 SENTIMENTS = ("positive", "neutral", "negative")
-FIELD_TYPES = ("string", "number", "boolean", "enum")
-FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_FIELDS = 50
 
 ANALYSIS_INSTRUCTIONS = (
@@ -78,44 +87,63 @@ ANALYSIS_INSTRUCTIONS = (
 # --- custom fields ----------------------------------------------------------------------------------
 
 
+class AnalysisField(BaseModel):
+    """One custom post-chat analysis field: the shape the API accepts and the job reads."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: Annotated[str, Field(pattern=FIELD_NAME_PATTERN, description="Letters, digits and _, unique.")]
+    type: Literal["string", "number", "boolean", "enum"] = "string"
+    description: Annotated[str, Field(max_length=2000, description="What the model should judge.")] = ""
+    choices: Annotated[
+        list[Annotated[str, Field(min_length=1, pattern=r"\S")]] | None,
+        Field(min_length=1, exclude_if=lambda v: v is None, description="The allowed values; enum only."),
+    ] = None
+
+    @model_validator(mode="after")
+    def _choices_only_on_enum(self) -> AnalysisField:
+        """`choices` only (and always) with type enum."""
+        if self.type == "enum" and not self.choices:
+            raise PydanticCustomError(
+                "choices", "choices must be a non-empty array of strings for an enum field"
+            )
+        if self.type != "enum" and self.choices is not None:
+            raise PydanticCustomError("choices", "choices is only allowed on enum fields")
+        return self
+
+
+def _unique_names(fields: list[AnalysisField]) -> list[AnalysisField]:
+    """No name twice."""
+    seen: set[str] = set()
+    for field in fields:
+        if field.name in seen:
+            raise PydanticCustomError("unique", "name '{name}' is used twice", {"name": field.name})
+        seen.add(field.name)
+    return fields
+
+
+AnalysisFields = Annotated[
+    list[AnalysisField],
+    Field(
+        max_length=MAX_FIELDS,
+        description="Custom post-chat analysis fields, judged by the model when a chat ends and returned "
+        "in `chat_analysis.custom_analysis_data`. Names are unique; `choices` only (and always) with type "
+        "`enum`.",
+    ),
+    AfterValidator(_unique_names),
+]
+_FIELDS_ADAPTER: TypeAdapter[list[AnalysisField]] = TypeAdapter(AnalysisFields)
+
+
 def validate_analysis_fields(value: Any) -> list[dict[str, Any]]:
     """Check `analysis_fields` (shape in the module docstring); raise ValueError saying what is wrong."""
-    if not isinstance(value, list):
-        raise ValueError("analysis_fields must be an array of objects")
-    if len(value) > MAX_FIELDS:
-        raise ValueError(f"analysis_fields may hold at most {MAX_FIELDS} fields")
-    seen: set[str] = set()
-    fields = []
-    for index, item in enumerate(value):
-        where = f"analysis_fields[{index}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be an object")
-        name = item.get("name")
-        if not isinstance(name, str) or not FIELD_NAME.match(name):
-            raise ValueError(f"{where}.name must be 1-64 letters, digits or _, not starting with a digit")
-        if name in seen:
-            raise ValueError(f"{where}.name {name!r} is used twice")
-        seen.add(name)
-        kind = item.get("type", "string")
-        if kind not in FIELD_TYPES:
-            raise ValueError(f"{where}.type must be one of {', '.join(FIELD_TYPES)}")
-        description = item.get("description", "")
-        if not isinstance(description, str) or len(description) > 2000:
-            raise ValueError(f"{where}.description must be a string of at most 2000 characters")
-        field: dict[str, Any] = {"name": name, "type": kind, "description": description}
-        choices = item.get("choices")
-        if kind == "enum":
-            if not (
-                isinstance(choices, list)
-                and choices
-                and all(isinstance(c, str) and c.strip() for c in choices)
-            ):
-                raise ValueError(f"{where}.choices must be a non-empty array of strings for an enum field")
-            field["choices"] = choices
-        elif choices is not None:
-            raise ValueError(f"{where}.choices is only allowed on enum fields")
-        fields.append(field)
-    return fields
+    try:
+        fields = _FIELDS_ADAPTER.validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "analysis_fields" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        raise ValueError(f"{where}: {error['msg']}") from None
+    return [field.model_dump() for field in fields]
 
 
 def normalize_fields(value: Any) -> list[dict[str, Any]]:

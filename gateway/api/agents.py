@@ -2,58 +2,23 @@
 
 from __future__ import annotations
 
-from flask import jsonify
 from peewee import IntegrityError
 
-from gateway.api import bp
+from gateway.api.contract import PathParam, operation
 from gateway.api.errors import conflict, invalid_field, not_found
-from gateway.api.serializers import agent_json
-from gateway.api.validation import (
-    ID_PATTERN,
-    Field,
-    analysis_fields,
-    boolean,
-    integer,
-    json_body,
-    number,
-    string,
-    validate,
-)
+from gateway.api.schemas import ID_PATTERN, AgentCreate, AgentList, AgentUpdate, is_id
+from gateway.api.schemas import Agent as AgentOut
+from gateway.api.serializers import agent_out
 from gateway.conversations.agents import DEFAULT_AGENT_ID, default_agent
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, PhoneNumber, utcnow
-
-MESSAGE_MAX = 10_000
-
-# What PATCH accepts; POST accepts the same plus `agent_id`.
-AGENT_FIELDS: dict[str, Field] = {
-    "name": Field(string(max_length=200)),
-    "model": Field(string(min_length=1, max_length=200, nullable=True)),
-    "system_prompt": Field(string(max_length=100_000)),
-    "temperature": Field(number(minimum=0, maximum=2, nullable=True)),
-    "num_last_messages": Field(integer(minimum=0, maximum=10_000)),
-    "full_session_memory": Field(boolean()),
-    "summary_memory": Field(boolean()),
-    "user_analysis_memory": Field(boolean()),
-    "retry_attempts": Field(integer(minimum=0, maximum=10)),
-    "retry_delay": Field(number(minimum=0, maximum=3600)),
-    "max_concurrent_invocations": Field(integer(minimum=1, maximum=1000)),
-    "end_chat_after_silence_ms": Field(integer(minimum=1000)),
-    "auto_close_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
-    "help_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
-    "fallback_message": Field(string(max_length=MESSAGE_MAX, nullable=True)),
-    "fallback_enabled": Field(boolean()),
-    "accepts_images": Field(boolean()),
-    "analysis_fields": Field(analysis_fields()),
-}
-CREATE_FIELDS: dict[str, Field] = {"agent_id": Field(string(pattern=ID_PATTERN)), **AGENT_FIELDS}
 
 
 def live_agent(agent_id: str) -> Agent | None:
     """The agent with this id unless it was deleted (the default agent is created on first use)."""
     if agent_id == DEFAULT_AGENT_ID:
         return default_agent()
-    if not ID_PATTERN.match(agent_id):
+    if not is_id(agent_id):
         return None
     return Agent.get_or_none((Agent.agent_id == agent_id) & Agent.deleted_at.is_null())
 
@@ -66,6 +31,11 @@ def get_agent_or_404(agent_id: str) -> Agent:
     return agent
 
 
+AGENT_ID = {
+    "agent_id": PathParam({"type": "string", "pattern": ID_PATTERN}, "The agent's id.", get_agent_or_404)
+}
+
+
 def agent_for_field(field: str, agent_id: str | None) -> Agent | None:
     """The live agent a body field names, or a 422 naming that field (None stays None)."""
     if agent_id is None:
@@ -76,10 +46,21 @@ def agent_for_field(field: str, agent_id: str | None) -> Agent | None:
     return agent
 
 
-@bp.post("/agents")
-def create_agent():
+@operation(
+    "POST",
+    "/agents",
+    operation_id="createAgent",
+    tag="agents",
+    summary="Create an agent",
+    body=AgentCreate,
+    ok=(201, AgentOut, "The new agent."),
+    errors={409: "`agent_id` is taken (`agent_exists`), possibly by a deleted agent."},
+)
+def create_agent(body: AgentCreate) -> AgentOut:
     """Create an agent; 201 with it."""
-    data = validate(json_body(allow_empty=True), CREATE_FIELDS)
+    data = body.model_dump(exclude_none=False)
+    if data["agent_id"] is None:
+        del data["agent_id"]  # the column's default makes one
     if data.get("agent_id") == DEFAULT_AGENT_ID:
         default_agent()  # so the id is taken and the request gets its 409
     now = utcnow()
@@ -90,11 +71,18 @@ def create_agent():
         raise conflict(
             "agent_exists", f"agent_id {data.get('agent_id')!r} is taken (possibly by a deleted agent)."
         ) from None
-    return jsonify(agent_json(agent)), 201
+    return agent_out(agent)
 
 
-@bp.get("/agents")
-def list_agents():
+@operation(
+    "GET",
+    "/agents",
+    operation_id="listAgents",
+    tag="agents",
+    summary="List agents (the default agent first)",
+    ok=(200, AgentList, "Every agent."),
+)
+def list_agents() -> AgentList:
     """Every live agent, the default agent first, then oldest first."""
     default_agent()
     agents = (
@@ -102,29 +90,63 @@ def list_agents():
         .where(Agent.deleted_at.is_null())
         .order_by(Agent.is_default.desc(), Agent.created_at, Agent.agent_id)
     )
-    return jsonify(items=[agent_json(a) for a in agents])
+    return AgentList(items=[agent_out(a) for a in agents])
 
 
-@bp.get("/agents/<agent_id>")
-def get_agent(agent_id: str):
+@operation(
+    "GET",
+    "/agents/<agent_id>",
+    operation_id="getAgent",
+    tag="agents",
+    summary="Get an agent",
+    ok=(200, AgentOut, "The agent."),
+    path_params=AGENT_ID,
+)
+def get_agent(agent_id: str) -> AgentOut:
     """One agent."""
-    return jsonify(agent_json(get_agent_or_404(agent_id)))
+    return agent_out(get_agent_or_404(agent_id))
 
 
-@bp.patch("/agents/<agent_id>")
-def update_agent(agent_id: str):
-    """Change some of an agent's fields; the others keep their values."""
+@operation(
+    "PATCH",
+    "/agents/<agent_id>",
+    operation_id="updateAgent",
+    tag="agents",
+    summary="Change some of an agent's fields",
+    body=AgentUpdate,
+    ok=(200, AgentOut, "The agent."),
+    path_params=AGENT_ID,
+)
+def update_agent(agent_id: str, body: AgentUpdate) -> AgentOut:
+    """Change the fields sent; the others keep their values."""
     agent = get_agent_or_404(agent_id)
-    data = validate(json_body(allow_empty=True), AGENT_FIELDS, partial=True)
+    data = body.model_dump(include=body.model_fields_set)
     if data:
         data["updated_at"] = utcnow()
-        Agent.update(**data).where(Agent.agent_id == agent.agent_id).execute()
+        changed = (
+            Agent.update(**data)
+            .where((Agent.agent_id == agent.agent_id) & Agent.deleted_at.is_null())
+            .execute()
+        )
+        if not changed:  # deleted meanwhile
+            raise not_found("agent", agent_id)
         agent = Agent.get_by_id(agent.agent_id)
-    return jsonify(agent_json(agent))
+    return agent_out(agent)
 
 
-@bp.delete("/agents/<agent_id>")
-def delete_agent(agent_id: str):
+@operation(
+    "DELETE",
+    "/agents/<agent_id>",
+    operation_id="deleteAgent",
+    tag="agents",
+    summary="Delete an agent",
+    description="Refused (409) for the default agent (`agent_is_default`) and while a phone number or an "
+    "ongoing chat uses the agent (`agent_in_use`). Ended chats keep the agent's id.",
+    ok=(204, None, "Deleted."),
+    errors={409: "The default agent, or an agent in use."},
+    path_params=AGENT_ID,
+)
+def delete_agent(agent_id: str) -> None:
     """Delete an agent no number and no ongoing chat uses; ended chats keep their history."""
     agent = get_agent_or_404(agent_id)
     if agent.is_default or agent.agent_id == DEFAULT_AGENT_ID:
@@ -150,4 +172,4 @@ def delete_agent(agent_id: str):
     if ongoing:
         raise conflict("agent_in_use", f"{ongoing} ongoing chat(s) use this agent; end them first.")
     Agent.update(deleted_at=utcnow(), updated_at=utcnow()).where(Agent.agent_id == agent.agent_id).execute()
-    return "", 204
+    return None

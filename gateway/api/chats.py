@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import current_app
 
 from gateway.agent.analysis import schedule_analysis
-from gateway.api import bp
 from gateway.api.agents import agent_for_field
+from gateway.api.contract import PathParam, operation
 from gateway.api.errors import conflict, not_found
 from gateway.api.paging import page_of_chats
-from gateway.api.serializers import chat_detail_json, chat_json
-from gateway.api.validation import (
-    ID_PATTERN,
-    Field,
-    json_body,
-    json_object,
-    query_choice,
-    query_limit,
-    query_text,
-    string,
-    string_map,
-    validate,
-)
+from gateway.api.schemas import ID_PATTERN, ChatCreate, ChatDetail, ChatList, ChatListQuery, ChatUpdate, is_id
+from gateway.api.serializers import chat_detail_out, chat_out
 from gateway.storage.db import database
 from gateway.storage.models import Chat, ChatStatus, ChatType, Message, utcnow
-
-CREATE_FIELDS: dict[str, Field] = {
-    "agent_id": Field(string(max_length=64), required=True),
-    "user_id": Field(string(min_length=1, max_length=200, nullable=True)),
-    "metadata": Field(json_object()),
-    "dynamic_variables": Field(string_map()),
-}
-UPDATE_FIELDS: dict[str, Field] = {"metadata": Field(json_object())}
-STATUSES = {s.value for s in ChatStatus}
-TYPES = {t.value for t in ChatType}
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 1000
 
 
 def get_chat_or_404(chat_id: str) -> Chat:
     """The chat named in the URL, or 404."""
-    chat = Chat.get_or_none(Chat.chat_id == chat_id) if ID_PATTERN.match(chat_id) else None
+    chat = Chat.get_or_none(Chat.chat_id == chat_id) if is_id(chat_id) else None
     if chat is None:
         raise not_found("chat", chat_id)
     return chat
+
+
+CHAT_ID = {"chat_id": PathParam({"type": "string", "pattern": ID_PATTERN}, "The chat's id.", get_chat_or_404)}
 
 
 def messages_of(chat: Chat) -> list[Message]:
@@ -51,70 +31,111 @@ def messages_of(chat: Chat) -> list[Message]:
     return list(Message.select().where(Message.chat == chat.chat_id).order_by(Message.id))
 
 
-def detail(chat: Chat):
-    """The JSON response for one chat with its messages."""
-    return jsonify(chat_detail_json(chat, messages_of(chat)))
+def detail(chat: Chat) -> ChatDetail:
+    """One chat with its messages."""
+    return chat_detail_out(chat, messages_of(chat))
 
 
-@bp.post("/chats")
-def create_chat():
+@operation(
+    "POST",
+    "/chats",
+    operation_id="createChat",
+    tag="chats",
+    summary="Start an API chat",
+    body=ChatCreate,
+    ok=(201, ChatDetail, "The new chat (chat_type api_chat)."),
+)
+def create_chat(body: ChatCreate) -> ChatDetail:
     """Start an API chat with an agent; 201 with it."""
-    data = validate(json_body(), CREATE_FIELDS)
-    agent = agent_for_field("agent_id", data["agent_id"])
+    agent = agent_for_field("agent_id", body.agent_id)
     now = utcnow()
     chat = Chat.create(
         agent=agent.agent_id,
         chat_type=ChatType.API.value,
         chat_status=ChatStatus.ONGOING.value,
-        user_id=data.get("user_id"),
-        metadata=data.get("metadata", {}),
-        dynamic_variables=data.get("dynamic_variables", {}),
+        user_id=body.user_id,
+        metadata=body.metadata,
+        dynamic_variables=body.dynamic_variables,
         start_timestamp=now,
         last_activity_at=now,
     )
-    return jsonify(chat_detail_json(chat, [])), 201
+    return chat_detail_out(chat, [])
 
 
-@bp.get("/chats")
-def list_chats():
+@operation(
+    "GET",
+    "/chats",
+    operation_id="listChats",
+    tag="chats",
+    summary="List chats, newest first, one page at a time",
+    description="Keyset paging: pass the `pagination_key` of one page to get the next. Chats created "
+    "meanwhile never shift later pages (nothing is skipped or repeated). Filters combine with AND; an "
+    "unknown query parameter is refused (422).",
+    query=ChatListQuery,
+    ok=(200, ChatList, "One page."),
+)
+def list_chats(query: ChatListQuery) -> ChatList:
     """Chats, newest first, filtered, one keyset page at a time."""
-    limit = query_limit(DEFAULT_LIMIT, MAX_LIMIT)
-    query = Chat.select()
-    agent_id = query_text("agent_id", max_length=64)
-    if agent_id is not None:
-        query = query.where(Chat.agent == agent_id)
-    status = query_choice("chat_status", STATUSES)
-    if status is not None:
-        query = query.where(Chat.chat_status == status)
-    chat_type = query_choice("chat_type", TYPES)
-    if chat_type is not None:
-        query = query.where(Chat.chat_type == chat_type)
-    user_id = query_text("user_id", max_length=200)
-    if user_id is not None:
-        query = query.where(Chat.user_id == user_id)
-    rows, has_more, key = page_of_chats(query, limit=limit, cursor=request.args.get("pagination_key") or None)
-    return jsonify(items=[chat_json(c) for c in rows], has_more=has_more, pagination_key=key)
+    rows = Chat.select()
+    if query.agent_id is not None:
+        rows = rows.where(Chat.agent == query.agent_id)
+    if query.chat_status is not None:
+        rows = rows.where(Chat.chat_status == query.chat_status)
+    if query.chat_type is not None:
+        rows = rows.where(Chat.chat_type == query.chat_type)
+    if query.user_id is not None:
+        rows = rows.where(Chat.user_id == query.user_id)
+    if query.phone_number is not None:  # SMS chats: to_number is the person, from_number ours
+        rows = rows.where(Chat.to_number == query.phone_number)
+    page, has_more, key = page_of_chats(rows, limit=query.limit, cursor=query.pagination_key)
+    return ChatList(items=[chat_out(c) for c in page], has_more=has_more, pagination_key=key)
 
 
-@bp.get("/chats/<chat_id>")
-def get_chat(chat_id: str):
+@operation(
+    "GET",
+    "/chats/<chat_id>",
+    operation_id="getChat",
+    tag="chats",
+    summary="Get a chat with its messages",
+    ok=(200, ChatDetail, "The chat."),
+    path_params=CHAT_ID,
+)
+def get_chat(chat_id: str) -> ChatDetail:
     """One chat with its messages, oldest first."""
     return detail(get_chat_or_404(chat_id))
 
 
-@bp.patch("/chats/<chat_id>")
-def update_chat(chat_id: str):
+@operation(
+    "PATCH",
+    "/chats/<chat_id>",
+    operation_id="updateChat",
+    tag="chats",
+    summary="Replace a chat's metadata",
+    body=ChatUpdate,
+    ok=(200, ChatDetail, "The chat."),
+    path_params=CHAT_ID,
+)
+def update_chat(chat_id: str, body: ChatUpdate) -> ChatDetail:
     """Replace a chat's metadata (stored and returned as sent)."""
     chat = get_chat_or_404(chat_id)
-    data = validate(json_body(allow_empty=True), UPDATE_FIELDS, partial=True)
-    if "metadata" in data:
-        Chat.update(metadata=data["metadata"]).where(Chat.chat_id == chat.chat_id).execute()
-        chat = Chat.get_by_id(chat.chat_id)
+    if "metadata" in body.model_fields_set:
+        Chat.update(metadata=body.metadata).where(Chat.chat_id == chat.chat_id).execute()
+        chat = Chat.get_by_id(chat.chat_id)  # DoesNotExist (erased meanwhile) answers 404
     return detail(chat)
 
 
-@bp.post("/chats/<chat_id>/end")
-def end_chat(chat_id: str):
+@operation(
+    "POST",
+    "/chats/<chat_id>/end",
+    operation_id="endChat",
+    tag="chats",
+    summary="End a chat",
+    description="The ended chat has `chat_status` ended and `end_reason` api. The body is ignored.",
+    ok=(200, ChatDetail, "The ended chat."),
+    errors={409: "The chat is not ongoing (`chat_not_ongoing`)."},
+    path_params=CHAT_ID,
+)
+def end_chat(chat_id: str) -> ChatDetail:
     """End an ongoing chat (`end_reason` "api"); 409 when it is not ongoing."""
     chat = get_chat_or_404(chat_id)
     now = utcnow()

@@ -12,24 +12,23 @@ import logging
 import random
 import time
 
-from flask import current_app, jsonify
+from flask import current_app
 from redis import RedisError
 
 from gateway.agent import llm, prompt
 from gateway.agent.memory import schedule_after_turn
-from gateway.api import bp
+from gateway.api.chats import CHAT_ID
 from gateway.api.concurrency import Semaphore, SlotsBusy
-from gateway.api.errors import ApiError, conflict, invalid_field, not_found
-from gateway.api.serializers import message_json
-from gateway.api.validation import ID_PATTERN, Field, json_body, string, validate
+from gateway.api.contract import operation
+from gateway.api.errors import ApiError, conflict, not_found
+from gateway.api.schemas import CompletionRequest, CompletionResponse, is_id
+from gateway.api.serializers import message_out
 from gateway.config import Settings
 from gateway.errors import GatewayError, TransientError
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
 
 log = logging.getLogger(__name__)
-
-FIELDS: dict[str, Field] = {"content": Field(string(min_length=1, max_length=32_000), required=True)}
 
 # Seconds a completion waits for a free slot when `max_concurrent_invocations` are running.
 SLOT_WAIT_SECONDS = 10.0
@@ -88,7 +87,7 @@ def check_can_complete(chat: Chat) -> None:
 def load_chat(chat_id: str) -> Chat:
     """The chat named in the URL with its agent (one query); 404 or 409 unless it can answer."""
     chat = None
-    if ID_PATTERN.match(chat_id):
+    if is_id(chat_id):
         chat = Chat.select(Chat, Agent).join(Agent).where(Chat.chat_id == chat_id).first()
     if chat is None:
         raise not_found("chat", chat_id)
@@ -177,17 +176,33 @@ def take_slot(semaphore: Semaphore, chat: Chat) -> str:
     return token
 
 
-@bp.post("/chats/<chat_id>/completions")
-def create_completion(chat_id: str):
+@operation(
+    "POST",
+    "/chats/<chat_id>/completions",
+    operation_id="createChatCompletion",
+    tag="chats",
+    summary="Send the user's message and get the agent's answer",
+    description="Synchronous: the user's message is recorded, the model answers (transient failures "
+    "retried per the agent's retry_attempts and retry_delay), the answer is recorded and returned.",
+    body=CompletionRequest,
+    ok=(200, CompletionResponse, "The agent's new message(s)."),
+    errors={
+        409: "The chat is not ongoing (`chat_not_ongoing`), is an SMS chat (`not_an_api_chat`), or "
+        "max_concurrent_invocations completions kept running (`too_many_invocations`).",
+        502: "The model failed for good or retries ran out (`model_error`); the user's message stays "
+        "recorded.",
+        503: "Redis, which counts concurrent completions, did not answer.",
+    },
+    path_params=CHAT_ID,
+)
+def create_completion(chat_id: str, body: CompletionRequest) -> CompletionResponse:
     """Add the user's message to an API chat and answer with the agent's new message(s)."""
-    data = validate(json_body(), FIELDS)
-    if not data["content"].strip():
-        raise invalid_field("content", "must not be blank")
+    content = body.content
     chat = load_chat(chat_id)
     settings: Settings = current_app.config["SETTINGS"]
     redis = current_app.redis  # type: ignore[attr-defined]
     if redis is None:  # no Redis configured: nothing to count slots with (nor queue for memory)
-        return jsonify(messages=[message_json(run_completion(chat, data["content"], settings))])
+        return CompletionResponse(messages=[message_out(run_completion(chat, content, settings))])
 
     semaphore = Semaphore(
         redis,
@@ -197,11 +212,11 @@ def create_completion(chat_id: str):
     )
     token = take_slot(semaphore, chat)
     try:
-        message = run_completion(chat, data["content"], settings)
+        message = run_completion(chat, content, settings)
     finally:
         try:
             semaphore.release(token)
         except RedisError:  # the lease ends on its own
             log.warning("could not release completion slot of %s", chat.chat_id)
     schedule_after_turn(current_app.task_queue, chat, chat.agent)  # type: ignore[attr-defined]  # never raises
-    return jsonify(messages=[message_json(message)])
+    return CompletionResponse(messages=[message_out(message)])

@@ -1,8 +1,9 @@
-"""The API's errors: one exception type, turned into `{"error": {"code", "message"}}` JSON."""
+"""The API's errors: one exception type, turned into `{"error": {"code", "message", "field"}}` JSON."""
 
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
+from peewee import DoesNotExist
 from werkzeug.exceptions import HTTPException
 
 API_PREFIX = "/v1"
@@ -102,7 +103,15 @@ def handle_http_exception(exc: HTTPException):
     return response
 
 
+def handle_vanished_row(exc: DoesNotExist):
+    """A row deleted by another request while this one ran: 404, as if it had never been there."""
+    if not _is_api_request():
+        raise exc
+    return error_response(404, "not_found", "It was deleted while this request ran.")
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers on the app: routing errors (404/405) never reach a blueprint's own."""
     app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(DoesNotExist, handle_vanished_row)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -15,7 +15,7 @@ from datetime import datetime
 from peewee import Expression, Tuple
 
 from gateway.api.errors import invalid_field
-from gateway.api.validation import ID_PATTERN
+from gateway.api.schemas import is_id
 from gateway.storage.db import is_postgres
 from gateway.storage.models import Chat
 
@@ -39,7 +39,7 @@ def decode_cursor(key: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(stamp)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise invalid_field(CURSOR_FIELD, "is not a key this API handed out") from None
-    if when.tzinfo is not None or not ID_PATTERN.match(chat_id):
+    if when.tzinfo is not None or not is_id(chat_id):
         raise invalid_field(CURSOR_FIELD, "is not a key this API handed out")
     return when, chat_id
 

@@ -1,4 +1,8 @@
-"""Rows to the JSON the API answers with; timestamps as ISO 8601 UTC with a `Z`."""
+"""Rows to the API's response models (gateway/api/schemas.py); timestamps as ISO 8601 UTC with a `Z`.
+
+The models name the fields: a column whose name matches a response field is copied as is, so
+only the fields that are computed or renamed are spelled out here.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,17 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
+
+from gateway.api import schemas
 from gateway.storage.models import Agent, Chat, Message, MessageStatus, PhoneNumber
 
 # The statuses the API shows. The worker marks a part it is handing to Twilio "sending" (an
-# internal lease, gateway/replies.py): to a client that part is still "queued".
+# internal lease): to a client that part is still "queued".
 PUBLIC_STATUSES = frozenset(s.value for s in MessageStatus)
 
-AGENT_FIELDS = (
-    "agent_id",
-    "name",
-    "model",
-    "system_prompt",
-    "temperature",
-    "num_last_messages",
-    "full_session_memory",
-    "summary_memory",
-    "user_analysis_memory",
-    "retry_attempts",
-    "retry_delay",
-    "max_concurrent_invocations",
-    "end_chat_after_silence_ms",
-    "auto_close_message",
-    "help_message",
-    "fallback_message",
-    "fallback_enabled",
-    "accepts_images",
-    "analysis_fields",
-    "is_default",
-)
 
-
-def iso(value: datetime | None) -> str | None:
+def iso(value: datetime | str | None) -> str | None:
     """A naive-UTC datetime as `2024-05-01T12:00:00.123Z`."""
     if value is None:
         return None
@@ -47,23 +31,35 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds") + "Z"
 
 
-def agent_json(agent: Agent) -> dict[str, Any]:
-    """An agent."""
-    data = {name: getattr(agent, name) for name in AGENT_FIELDS}
-    data["created_at"] = iso(agent.created_at)
-    data["updated_at"] = iso(agent.updated_at)
+def columns(row: Any, model: type[BaseModel], **computed: Any) -> dict[str, Any]:
+    """The fields of `model` read from `row` (datetimes as ISO text), with `computed` ones on top."""
+    data = {}
+    for name in model.model_fields:
+        if name in computed:
+            continue
+        value = getattr(row, name)
+        data[name] = iso(value) if isinstance(value, datetime) else value
+    data.update(computed)
     return data
 
 
-def phone_number_json(number: PhoneNumber) -> dict[str, Any]:
+def agent_out(agent: Agent) -> schemas.Agent:
+    """An agent."""
+    return schemas.Agent.model_validate(
+        columns(agent, schemas.Agent, analysis_fields=agent.analysis_fields or [])
+    )
+
+
+def phone_number_out(number: PhoneNumber) -> schemas.PhoneNumber:
     """One of our numbers and its agents."""
-    return {
-        "phone_number": number.phone_number,
-        "inbound_agent_id": number.inbound_agent_id,
-        "outbound_agent_id": number.outbound_agent_id,
-        "created_at": iso(number.created_at),
-        "updated_at": iso(number.updated_at),
-    }
+    return schemas.PhoneNumber.model_validate(
+        columns(
+            number,
+            schemas.PhoneNumber,
+            inbound_agent_id=number.inbound_agent_id,
+            outbound_agent_id=number.outbound_agent_id,
+        )
+    )
 
 
 def public_status(status: str | None) -> str | None:
@@ -73,45 +69,37 @@ def public_status(status: str | None) -> str | None:
     return MessageStatus.QUEUED.value
 
 
-def message_json(message: Message) -> dict[str, Any]:
+def message_out(message: Message) -> schemas.Message:
     """A message in a chat; `status` and `error_code` are null outside SMS."""
-    return {
-        "message_id": message.message_id,
-        "role": message.role,
-        "content": message.content,
-        "media": message.media or [],
-        "created_at": iso(message.created_at),
-        "status": public_status(message.status),
-        "error_code": message.error_code,
-    }
+    return schemas.Message.model_validate(
+        columns(message, schemas.Message, media=message.media or [], status=public_status(message.status))
+    )
 
 
-def chat_json(chat: Chat) -> dict[str, Any]:
+def _chat_fields(chat: Chat, model: type[BaseModel], **computed: Any) -> dict[str, Any]:
+    """A chat's own fields (JSON columns never null)."""
+    return columns(
+        chat,
+        model,
+        agent_id=chat.agent_id,
+        metadata=chat.metadata if chat.metadata is not None else {},
+        dynamic_variables=chat.dynamic_variables if chat.dynamic_variables is not None else {},
+        **computed,
+    )
+
+
+def chat_out(chat: Chat) -> schemas.Chat:
     """A chat as listed: everything but its messages and usage."""
-    return {
-        "chat_id": chat.chat_id,
-        "agent_id": chat.agent_id,
-        "chat_type": chat.chat_type,
-        "chat_status": chat.chat_status,
-        "user_id": chat.user_id,
-        "from_number": chat.from_number,
-        "to_number": chat.to_number,
-        "metadata": chat.metadata if chat.metadata is not None else {},
-        "dynamic_variables": chat.dynamic_variables if chat.dynamic_variables is not None else {},
-        "start_timestamp": iso(chat.start_timestamp),
-        "end_timestamp": iso(chat.end_timestamp),
-        "end_reason": chat.end_reason,
-        "chat_analysis": chat.chat_analysis,
-    }
+    return schemas.Chat.model_validate(_chat_fields(chat, schemas.Chat))
 
 
-def chat_detail_json(chat: Chat, messages: Iterable[Message]) -> dict[str, Any]:
+def chat_detail_out(chat: Chat, messages: Iterable[Message]) -> schemas.ChatDetail:
     """A chat with its messages, oldest first, and the model tokens it used."""
     messages = list(messages)
-    data = chat_json(chat)
-    data["messages"] = [message_json(m) for m in messages]
-    data["usage"] = {
-        "prompt_tokens": sum(m.prompt_tokens or 0 for m in messages),
-        "completion_tokens": sum(m.completion_tokens or 0 for m in messages),
-    }
-    return data
+    usage = schemas.Usage(
+        prompt_tokens=sum(m.prompt_tokens or 0 for m in messages),
+        completion_tokens=sum(m.completion_tokens or 0 for m in messages),
+    )
+    return schemas.ChatDetail.model_validate(
+        _chat_fields(chat, schemas.ChatDetail, messages=[message_out(m) for m in messages], usage=usage)
+    )

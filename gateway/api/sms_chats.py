@@ -12,18 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
-from urllib.parse import urlparse
 
-from flask import current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
 from peewee import IntegrityError
 
-from gateway.api import bp
 from gateway.api.agents import agent_for_field
 from gateway.api.chats import messages_of
+from gateway.api.contract import json_response, operation
 from gateway.api.errors import ApiError, invalid_field
-from gateway.api.serializers import chat_detail_json
-from gateway.api.validation import Field, e164, json_body, json_object, string, string_map, validate
+from gateway.api.schemas import ChatDetail, SmsChatCreate
+from gateway.api.serializers import chat_detail_out
 from gateway.conversations.agents import outbound_agent_for
 from gateway.conversations.outbound import OutboundRefused, OutboundRequest, start_sms_chat
 from gateway.queue import enqueue_opening, retry_policy
@@ -32,53 +30,60 @@ from gateway.storage.models import IdempotencyKey, PhoneNumber
 
 log = logging.getLogger(__name__)
 
-# Twilio accepts at most 10 media URLs on one message.
-MAX_MEDIA = 10
-FIELDS: dict[str, Field] = {
-    "from_number": Field(e164(), required=True),
-    "to_number": Field(e164(), required=True),
-    "agent_id": Field(string(max_length=64, nullable=True)),
-    "message": Field(string(min_length=1, max_length=16_000, nullable=True)),
-    "media_urls": Field(lambda name, value: _media_urls(name, value)),
-    "metadata": Field(json_object()),
-    "dynamic_variables": Field(string_map()),
+IDEMPOTENCY_KEY_MAX = 200
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+    "description": "A retried call with the same key and body gets the first answer (with header "
+    "`Idempotent-Replayed: true`) and starts nothing twice; the same key with another body gets 409 "
+    "`idempotency_key_reused`.",
 }
 
 
-def _media_urls(name: str, value: Any) -> list[str]:
-    """A list of at most ten public http(s) URLs Twilio can fetch."""
-    if not isinstance(value, list):
-        raise invalid_field(name, "must be a list of URLs")
-    if len(value) > MAX_MEDIA:
-        raise invalid_field(name, f"must hold at most {MAX_MEDIA} URLs (Twilio's limit per message)")
-    for url in value:
-        parsed = urlparse(url) if isinstance(url, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2000:
-            raise invalid_field(name, f"{url!r} is not an http(s) URL")
-    return list(value)
-
-
-def _request_hash(body: dict) -> str:
+def _request_hash(body: SmsChatCreate) -> str:
     """A fingerprint of the request, so a key reused for a different request is refused."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    fields = body.model_dump(mode="json", exclude_unset=True)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-@bp.post("/sms-chats")
-def create_sms_chat():
+@operation(
+    "POST",
+    "/sms-chats",
+    operation_id="createSmsChat",
+    tag="chats",
+    summary="Start an outbound SMS conversation",
+    description="Without `message` the agent writes the opening text. The text is sent by a worker; the "
+    "response does not wait for Twilio.",
+    body=SmsChatCreate,
+    ok=(202, ChatDetail, "The new chat (chat_type sms_chat)."),
+    errors={
+        409: "The Idempotency-Key was used with another body (`idempotency_key_reused`), the person opted "
+        "out (`opted_out`), or a conversation with them is ongoing (`chat_ongoing`).",
+        422: "A field is invalid: `from_number` is not one of our numbers, `to_number` is not a valid "
+        "number, `agent_id` names no agent, ...",
+    },
+    headers=(IDEMPOTENCY_KEY,),
+)
+def create_sms_chat(body: SmsChatCreate):
     """Start an outbound SMS conversation; 202 with the new chat."""
-    body = json_body()
-    data = validate(body, FIELDS)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         key = key.strip()
-        if not key or len(key) > 200:
-            raise ApiError(422, "validation_error", "Idempotency-Key: must be 1 to 200 characters")
+        if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"Idempotency-Key: must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+                field="Idempotency-Key",
+            )
         stored_key = f"sms-chats:{key}"
         replay = _replay(stored_key, _request_hash(body))
         if replay is not None:
             return replay
 
-    from_number, to_number = data["from_number"], data["to_number"]
+    from_number, to_number = body.from_number, body.to_number
     if PhoneNumber.get_or_none(PhoneNumber.phone_number == from_number) is None:
         raise invalid_field(
             "from_number",
@@ -87,23 +92,26 @@ def create_sms_chat():
         )
     if from_number == to_number:
         raise invalid_field("to_number", "must differ from from_number")
-    agent = agent_for_field("agent_id", data.get("agent_id")) or outbound_agent_for(from_number)
+    agent = agent_for_field("agent_id", body.agent_id) or outbound_agent_for(from_number)
     outbound = OutboundRequest(
         agent=agent,
         from_number=from_number,
         to_number=to_number,
-        message=data.get("message"),
-        media_urls=tuple(data.get("media_urls") or ()),
-        metadata=data.get("metadata", {}),
-        dynamic_variables=data.get("dynamic_variables", {}),
+        message=body.message,
+        media_urls=tuple(body.media_urls),
+        metadata=body.metadata,
+        dynamic_variables=body.dynamic_variables,
     )
     try:
         with database.atomic():
             chat = start_sms_chat(outbound)
-            payload = chat_detail_json(chat, messages_of(chat))
+            payload = chat_detail_out(chat, messages_of(chat))
             if key is not None:
                 IdempotencyKey.create(
-                    key=stored_key, request_hash=_request_hash(body), status_code=202, response=payload
+                    key=stored_key,
+                    request_hash=_request_hash(body),
+                    status_code=202,
+                    response=payload.model_dump(mode="json"),
                 )
     except OutboundRefused as exc:
         raise ApiError(exc.status, exc.code, exc.message, field=exc.field) from None
@@ -123,10 +131,10 @@ def create_sms_chat():
     except Exception:
         # Recorded already: the worker's sweep sends the opening once Redis answers again.
         log.exception("could not enqueue the opening of %s; the sweep will", chat.chat_id)
-    return jsonify(payload), 202
+    return json_response(payload, 202)
 
 
-def _replay(stored_key: str, request_hash: str):
+def _replay(stored_key: str, request_hash: str) -> Response | None:
     """The first response to this Idempotency-Key, or None when the key is new."""
     row = IdempotencyKey.get_or_none(IdempotencyKey.key == stored_key)
     if row is None:

@@ -11,7 +11,7 @@ from peewee import (
     BooleanField,
     CharField,
     DateTimeField,
-    FloatField,
+    DoubleField,
     ForeignKeyField,
     IntegerField,
     JSONField,
@@ -102,13 +102,13 @@ class Agent(BaseModel):
     name = CharField(max_length=200, default="")
     model = CharField(max_length=200, null=True)  # None: OPENAI_MODEL
     system_prompt = TextField(default="")
-    temperature = FloatField(null=True)
+    temperature = DoubleField(null=True)  # double precision on PostgreSQL too (REAL underflows)
     num_last_messages = IntegerField(default=20)
     full_session_memory = BooleanField(default=True)
     summary_memory = BooleanField(default=False)
     user_analysis_memory = BooleanField(default=False)
     retry_attempts = IntegerField(default=3)
-    retry_delay = FloatField(default=1.0)  # seconds, doubled per attempt with jitter
+    retry_delay = DoubleField(default=1.0)  # seconds, doubled per attempt with jitter
     max_concurrent_invocations = IntegerField(default=1)
     end_chat_after_silence_ms = IntegerField(default=3_600_000)
     auto_close_message = TextField(null=True)
