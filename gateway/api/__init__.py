@@ -1,4 +1,8 @@
-"""The JSON chat API under /v1: bearer-key auth, JSON errors, and the routes of each area."""
+"""The JSON chat API under /v1: bearer-key auth, JSON errors, and the routes of each area.
+
+Shapes are pydantic models in schemas.py; routes are declared with `contract.operation`, which validates
+input and feeds the OpenAPI document (openapi.py). May import storage, queue, agent, conversations.
+"""
 
 from __future__ import annotations
 
