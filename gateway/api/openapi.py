@@ -50,12 +50,16 @@ def error(description: str) -> dict[str, Any]:
 
 # The errors any /v1 operation may answer, and the ones that come with a body or a URL id.
 COMMON_ERRORS = {
+    400: "The request is malformed (a Content-Length that is not a number, a broken chunked body).",
     401: "No key, a wrong key, or GATEWAY_API_KEY unset on the server (code `api_key_not_configured`).",
     413: f"The request is larger than {MAX_BODY_BYTES // 1024 // 1024} MiB (`payload_too_large`).",
     422: "A query parameter or field is missing, unknown, of the wrong type or out of range; `error.field` "
     "names it.",
 }
-BODY_ERRORS = {400: "The body is not a JSON object (empty, malformed JSON, NaN, a number out of range)."}
+BODY_ERRORS = {
+    400: "The body is not a JSON object (empty, malformed JSON, NaN, a number out of range), or the "
+    "request is malformed (Content-Length, chunked encoding)."
+}
 PATH_ERRORS = {404: "No such resource (or it was deleted while the request ran)."}
 URI_TOO_LONG = {
     "description": "The request line is longer than the HTTP server accepts (gunicorn's limit_request_line); "
@@ -193,10 +197,14 @@ OUTSIDE_V1_SCHEMAS: dict[str, Any] = {
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Readiness": {
         "type": "object",
-        "required": ["status", "checks"],
+        "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "unavailable"]},
-            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "What each dependency answered; only for a caller with the API key.",
+            },
         },
     },
 }
