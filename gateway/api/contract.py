@@ -26,9 +26,11 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.api.errors import ApiError, invalid_field, invalid_json
 from gateway.api.schemas import Query
+from gateway.limits import API_LIMIT
 
-# A request body larger than this is refused before it is parsed.
-MAX_BODY_BYTES = 1024 * 1024
+# A request body larger than this is refused before it is parsed (by gateway/limits.py's middleware
+# before Flask sees it; checked here again for an app run without that middleware).
+MAX_BODY_BYTES = API_LIMIT.max_bytes
 
 M = TypeVar("M", bound=BaseModel)
 

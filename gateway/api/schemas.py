@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
+from gateway.agent.text import SMS_MAX_CHARS
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
 from gateway.storage.models import ChatStatus, ChatType, MessageStatus, Role
@@ -35,7 +36,7 @@ MAX_INT = 2**31 - 1
 # The longest text of an agent-written message setting (help, fallback, auto-close).
 MESSAGE_MAX = 10_000
 # Twilio's limit for one SMS body: notices and hints are sent as one message.
-SMS_BODY_MAX = 1600
+SMS_BODY_MAX = SMS_MAX_CHARS
 # Chats per page.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
