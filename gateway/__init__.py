@@ -6,11 +6,10 @@ import logging
 from typing import Any
 
 from flask import Flask
-from rq import Queue
 
 from gateway.config import Settings, load_settings
 from gateway.limits import RequestLimits
-from gateway.queue import connect_redis, queue_name
+from gateway.queue import connect_redis, job_queue, queue_name
 from gateway.storage import db
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.redis = connect_redis(settings.redis_url, for_web=True) if settings.redis_url else None  # type: ignore[attr-defined]
     app.task_queue = (  # type: ignore[attr-defined]
-        Queue(queue_name(settings), connection=app.redis) if app.redis is not None else None  # type: ignore[attr-defined]
+        job_queue(queue_name(settings), app.redis) if app.redis is not None else None  # type: ignore[attr-defined]
     )
 
     if not settings.twilio_validate_signatures:

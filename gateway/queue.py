@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import pickle
 import random
+from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
@@ -30,6 +34,49 @@ LIVE_STATES = {
 }
 
 
+class JobSerializer:
+    """Jobs, their results and metadata as JSON in Redis: data, never code (RQ pickles by default).
+
+    Everything that talks to the queue uses it (`job_queue`, `fetch_job`, the worker), so a
+    job's arguments must be JSON (ids and strings: tuples come back as lists). Data pickled by
+    an older version of the gateway is still read, but only when it is plain data: a pickle that
+    names any class or function (the way pickles run code) is refused, and the job fails with
+    that reason instead of running it.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        """JSON bytes; a value JSON cannot hold is a TypeError at enqueue, not a surprise later."""
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        """The value; a legacy pickle only if it builds nothing but plain data."""
+        if data[:1] == b"\x80":  # pickle protocol 2+ starts so; JSON never does
+            return _PlainDataUnpickler(io.BytesIO(data)).load()
+        return json.loads(data)
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles str, numbers, lists, tuples, dicts and sets, and refuses any global (class, function)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Refuse: a global in a job's pickle is how a pickle runs code."""
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name} from a pickled job: the gateway reads jobs as JSON"
+        )
+
+
+def job_queue(name: str, connection: Redis) -> Queue:
+    """The RQ queue `name` on `connection`, speaking the gateway's JSON job format."""
+    return Queue(name, connection=connection, serializer=JobSerializer)
+
+
+def fetch_job(job_id: str, connection: Redis) -> Job:
+    """RQ's Job.fetch with the gateway's JSON job format; raises NoSuchJobError."""
+    return Job.fetch(job_id, connection=connection, serializer=JobSerializer)
+
+
 def connect_redis(url: str, *, for_web: bool = False) -> Redis:
     """A Redis client for `url`; the web's gives up fast so a webhook never hangs on Redis."""
     if for_web:
@@ -54,7 +101,7 @@ def reply_job_id(message_id: int) -> str:
 def job_is_live(connection: Redis, job_id: str) -> bool:
     """True when a job with this id exists and will still run."""
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = fetch_job(job_id, connection)
     except Exception:  # NoSuchJobError, or a job whose hash expired
         return False
     return job.get_status(refresh=False) in LIVE_STATES

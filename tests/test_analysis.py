@@ -18,7 +18,7 @@ from gateway.agent.analysis import (
     validate_analysis_fields,
 )
 from gateway.errors import TransientError
-from gateway.queue import queue_name
+from gateway.queue import JobSerializer, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatType, Message, Role, utcnow
 from tests.conftest import GATEWAY_API_KEY, post_twilio
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
@@ -50,12 +50,14 @@ def configured(app, settings):
 @pytest.fixture
 def queue(settings, redis_conn) -> Queue:
     """The gateway's queue on the test Redis."""
-    return Queue(queue_name(settings), connection=redis_conn)
+    return job_queue(queue_name(settings), redis_conn)
 
 
 def run_jobs(queue: Queue) -> None:
     """Run every queued job in this process until the queue is empty."""
-    SimpleWorker([queue], connection=queue.connection).work(burst=True, with_scheduler=False)
+    SimpleWorker([queue], connection=queue.connection, serializer=JobSerializer).work(
+        burst=True, with_scheduler=False
+    )
 
 
 def analyst(answer: dict | str = ANSWER):

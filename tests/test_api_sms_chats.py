@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from rq import Queue
 
-from gateway.queue import opening_job_id, queue_name
+from gateway.queue import job_queue, opening_job_id, queue_name
 from gateway.storage.models import Chat, Contact, Message, PhoneNumber
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 
@@ -34,7 +33,7 @@ def test_with_message_records_the_text_and_queues_the_send(client, our_number, s
     assert chat["from_number"] == OURS and chat["to_number"] == THEIRS
     assert [m["content"] for m in chat["messages"]] == ["Your table is ready."]
     assert chat["messages"][0]["role"] == "agent" and chat["messages"][0]["status"] == "queued"
-    assert Queue(queue_name(settings), connection=redis_conn).job_ids == [opening_job_id(chat["chat_id"])]
+    assert job_queue(queue_name(settings), redis_conn).job_ids == [opening_job_id(chat["chat_id"])]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +59,7 @@ def test_refused_with_the_field_named_and_nothing_started(
     assert response.status_code == 422, response.json
     assert response.json["error"]["field"] == field
     assert Chat.select().count() == 0
-    assert Queue(queue_name(settings), connection=redis_conn).count == 0
+    assert job_queue(queue_name(settings), redis_conn).count == 0
 
 
 def test_opted_out_contact_is_refused(client, our_number):
@@ -89,7 +88,7 @@ def test_idempotency_key_replays_the_first_answer(client, our_number, settings, 
     assert again.json == first.json
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert Chat.select().count() == 1 and Message.select().count() == 1
-    assert len(Queue(queue_name(settings), connection=redis_conn).job_ids) == 1
+    assert len(job_queue(queue_name(settings), redis_conn).job_ids) == 1
 
     other = start(client, {**body, "message": "different"}, **{"Idempotency-Key": "k-123"})
     assert other.status_code == 409

@@ -7,9 +7,9 @@ process, the openai and twilio client libraries speaking HTTP to loopback fakes.
 from __future__ import annotations
 
 import pytest
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
-from gateway.queue import reply_job_id
+from gateway.queue import fetch_job, reply_job_id
 from gateway.storage.models import Message, Role
 from tests.conftest import PUBLIC_BASE_URL, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
@@ -51,7 +51,7 @@ def wait_answered(message: Message, timeout: float = 30) -> None:
 
 def job_status(redis_conn, message: Message) -> JobStatus:
     """The RQ status of the message's reply job."""
-    return Job.fetch(reply_job_id(message.id), connection=redis_conn).get_status()
+    return fetch_job(reply_job_id(message.id), redis_conn).get_status()
 
 
 def test_text_in_reply_out(client, worker, fake_model, fake_twilio, redis_conn):

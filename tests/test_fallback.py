@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
 from gateway.conversations import replies
-from gateway.queue import enqueue_reply, queue_name, reply_job_id, retry_policy
+from gateway.queue import (
+    JobSerializer,
+    enqueue_reply,
+    fetch_job,
+    job_queue,
+    queue_name,
+    reply_job_id,
+    retry_policy,
+)
 from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
@@ -53,7 +61,7 @@ def inbound(chat: Chat, body: str) -> Message:
 def reply_job(settings, redis_conn, message: Message) -> Job:
     """Enqueue the reply as the webhook does, with the agent's retries, and run every job at once."""
     agent = Chat.get_by_id(message.chat_id).agent
-    queue = Queue(queue_name(settings), connection=redis_conn)
+    queue = job_queue(queue_name(settings), redis_conn)
     job = enqueue_reply(
         queue,
         chat_id=message.chat_id,
@@ -61,8 +69,10 @@ def reply_job(settings, redis_conn, message: Message) -> Job:
         retry=retry_policy(agent.retry_attempts, 0),
         check_existing=True,
     )
-    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
-    return Job.fetch(job.id, connection=redis_conn)
+    SimpleWorker([queue], connection=redis_conn, serializer=JobSerializer).work(
+        burst=True, with_scheduler=False
+    )
+    return fetch_job(job.id, redis_conn)
 
 
 def fresh(message: Message) -> Message:
@@ -190,7 +200,7 @@ def test_end_to_end_the_person_gets_the_fallback(client, worker, fake_model, fak
     wait_for(lambda: fresh(message).reply_state == "failed", message="the message failed")
     assert fresh(message).error_code == "503"
     wait_for(
-        lambda: Job.fetch(reply_job_id(message.id), connection=redis_conn).get_status() == JobStatus.FAILED,
+        lambda: fetch_job(reply_job_id(message.id), redis_conn).get_status() == JobStatus.FAILED,
         message="the job failed",
     )
     assert len(fake_model.requests) == 2 and len(fake_twilio.messages) == 1

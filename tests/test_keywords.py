@@ -5,11 +5,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-from rq.job import Job
 
 from gateway.agent.analysis import analysis_job_id
 from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
-from gateway.queue import reply_job_id
+from gateway.queue import fetch_job, reply_job_id
 from gateway.storage.models import Agent, Chat, Contact, Message, PhoneNumber
 from gateway.twilio.keywords import Keyword, match_keyword
 from tests.conftest import post_twilio
@@ -93,7 +92,7 @@ def test_stop_then_start(client, redis_conn):
     assert {ignored.chat_id, start.chat_id, back.chat_id} == {
         Chat.get(Chat.ongoing_pair.is_null(False)).chat_id
     }
-    assert Job.fetch(analysis_job_id(stop.chat_id), connection=redis_conn) is not None
+    assert fetch_job(analysis_job_id(stop.chat_id), redis_conn) is not None
 
 
 def test_opt_out_type_stop_with_a_custom_word(client):

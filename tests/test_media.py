@@ -15,12 +15,12 @@ import zlib
 from dataclasses import replace
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from gateway.agent.prompt import build_messages
 from gateway.config import Settings
 from gateway.conversations import replies
-from gateway.queue import queue_name
+from gateway.queue import JobSerializer, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
 from gateway.twilio import media
 from gateway.twilio.media import MediaError, MediaPolicy, Source, fetch_media, origin_of, policy_for
@@ -454,8 +454,10 @@ def test_outbound_media_urls_reach_twilio_and_show_in_the_chat(client, configure
     assert response.status_code == 202, response.json
     chat_id = response.json["chat_id"]
 
-    queue = Queue(queue_name(configured), connection=redis_conn)
-    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
+    queue = job_queue(queue_name(configured), redis_conn)
+    SimpleWorker([queue], connection=redis_conn, serializer=JobSerializer).work(
+        burst=True, with_scheduler=False
+    )
 
     [sent] = fake_twilio.messages
     assert (sent["Body"], sent["MediaUrl"]) == ("Our menu", urls)

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from gateway.agent import memory
 from gateway.agent.analysis import ANALYSIS_INSTRUCTIONS
@@ -29,7 +29,7 @@ from gateway.agent.memory import (
     summary_threshold,
 )
 from gateway.conversations import replies
-from gateway.queue import queue_name
+from gateway.queue import JobSerializer, fetch_job, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, UserProfile, utcnow
 from tests.conftest import GATEWAY_API_KEY, free_port
 from workers import context, jobs, memory_jobs
@@ -137,12 +137,14 @@ def brain(fake_model) -> FakeBrain:
 @pytest.fixture
 def queue(settings, redis_conn) -> Queue:
     """The gateway's queue on the test Redis."""
-    return Queue(queue_name(settings), connection=redis_conn)
+    return job_queue(queue_name(settings), redis_conn)
 
 
 def run_jobs(queue: Queue) -> None:
     """Run every queued job in this process until the queue is empty."""
-    SimpleWorker([queue], connection=queue.connection).work(burst=True, with_scheduler=False)
+    SimpleWorker([queue], connection=queue.connection, serializer=JobSerializer).work(
+        burst=True, with_scheduler=False
+    )
 
 
 def new_agent(**fields) -> Agent:
@@ -518,9 +520,10 @@ def test_settings_decide_which_updates_are_queued(app, queue):
     assert schedule_after_turn(queue, api_chat, profile_only) == []
     both = new_agent(summary_memory=True, user_analysis_memory=True)
     jobs_queued = schedule_after_turn(queue, sms_chat(both, "+15550009999"), both)
-    assert [Job.fetch(j.id, connection=queue.connection).args for j in jobs_queued] == [
-        (jobs_queued[0].args[0],),
-        ("phone:+15550009999",),
+    # Arguments come back from Redis as JSON: lists, not tuples.
+    assert [fetch_job(j.id, queue.connection).args for j in jobs_queued] == [
+        [jobs_queued[0].args[0]],
+        ["phone:+15550009999"],
     ]
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
 from gateway.agent.analysis import analysis_job_id
 from gateway.agent.prompt import build_messages
 from gateway.conversations import replies
 from gateway.errors import PermanentError, TransientError
-from gateway.queue import enqueue_reply, queue_name, reply_job_id, retry_policy
+from gateway.queue import (
+    JobSerializer,
+    enqueue_reply,
+    fetch_job,
+    job_queue,
+    queue_name,
+    reply_job_id,
+    retry_policy,
+)
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, Message, Role, utcnow
 from tests.conftest import PUBLIC_BASE_URL
 from workers import context, jobs
@@ -73,13 +81,15 @@ def fresh(message: Message) -> Message:
 
 def run_jobs(settings, redis_conn) -> None:
     """Run every queued job (and immediate retries) in this process, then return."""
-    queue = Queue(queue_name(settings), connection=redis_conn)
-    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
+    queue = job_queue(queue_name(settings), redis_conn)
+    SimpleWorker([queue], connection=redis_conn, serializer=JobSerializer).work(
+        burst=True, with_scheduler=False
+    )
 
 
 def enqueue(settings, redis_conn, message: Message, attempts: int = 2):
     """Enqueue the reply job as the webhook does (retries at once: retry_delay 0)."""
-    queue = Queue(queue_name(settings), connection=redis_conn)
+    queue = job_queue(queue_name(settings), redis_conn)
     return enqueue_reply(
         queue,
         chat_id=message.chat_id,
@@ -227,7 +237,7 @@ def test_transient_model_error_is_retried_by_rq(configured, redis_conn, fake_mod
     assert len(fake_model.requests) == 2
     assert [m["Body"] for m in fake_twilio.messages] == ["Back again."]
     assert fresh(message).reply_state == "answered"
-    assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED
+    assert fetch_job(job.id, redis_conn).get_status() == JobStatus.FINISHED
 
 
 def test_transient_errors_until_retries_run_out_are_recorded(configured, redis_conn, fake_model, fake_twilio):
@@ -242,7 +252,7 @@ def test_transient_errors_until_retries_run_out_are_recorded(configured, redis_c
     stored = fresh(message)
     assert (stored.reply_state, stored.error_code) == ("failed", "503")
     assert "503" in stored.error_message
-    assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FAILED
+    assert fetch_job(job.id, redis_conn).get_status() == JobStatus.FAILED
     # The person is not left waiting in silence (tests/test_fallback.py).
     assert [m["Body"] for m in fake_twilio.messages] == [replies.FALLBACK_MESSAGE]
 
@@ -258,9 +268,9 @@ def test_permanent_model_error_fails_the_job_without_retry(configured, redis_con
     assert len(fake_model.requests) == 1
     stored = fresh(message)
     assert (stored.reply_state, stored.error_code) == ("failed", "404")
-    job = Job.fetch(job.id, connection=redis_conn)
+    job = fetch_job(job.id, redis_conn)
     assert job.get_status() == JobStatus.FAILED
-    assert job.id in Queue(queue_name(configured), connection=redis_conn).failed_job_registry
+    assert job.id in job_queue(queue_name(configured), redis_conn).failed_job_registry
     assert "PermanentError" in (job.latest_result().exc_string or "")
 
 
@@ -278,7 +288,7 @@ def test_permanent_twilio_error_is_recorded_without_retry(configured, redis_conn
     assert (stored.reply_state, stored.error_code) == ("failed", "21211")
     [part] = agent_parts(chat)
     assert (part.status, part.error_code, part.twilio_sid) == ("failed", "21211", None)
-    assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FAILED
+    assert fetch_job(job.id, redis_conn).get_status() == JobStatus.FAILED
 
 
 def test_twilio_opt_out_error_marks_the_contact(configured, fake_model, fake_twilio):
@@ -321,7 +331,7 @@ def test_sweep_enqueues_messages_without_a_live_job(configured, redis_conn, fake
     )
 
     assert jobs.sweep_unanswered() == 1
-    assert Job.fetch(reply_job_id(old.id), connection=redis_conn).get_status() == JobStatus.QUEUED
+    assert fetch_job(reply_job_id(old.id), redis_conn).get_status() == JobStatus.QUEUED
     assert jobs.sweep_unanswered() == 0  # already queued: not twice
 
     run_jobs(configured, redis_conn)

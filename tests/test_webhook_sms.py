@@ -7,10 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from rq import Queue
-from rq.job import Job
 
 from gateway import create_app
-from gateway.queue import REPLY_JOB, queue_name, reply_job_id
+from gateway.queue import REPLY_JOB, fetch_job, job_queue, queue_name, reply_job_id
 from gateway.storage.models import Chat, Contact, Message
 from gateway.twilio.keywords import Keyword, match_keyword
 from tests import payloads
@@ -31,7 +30,7 @@ def assert_empty_twiml(response) -> None:
 
 def reply_queue(settings, redis_conn) -> Queue:
     """The RQ queue the web process puts reply jobs on."""
-    return Queue(queue_name(settings), connection=redis_conn)
+    return job_queue(queue_name(settings), redis_conn)
 
 
 def reply_job_ids(redis_conn) -> list[str]:
@@ -92,9 +91,9 @@ def test_inbound_payloads(client, settings, redis_conn, case, form, reply_state,
     job_ids = reply_queue(settings, redis_conn).job_ids
     if queued:
         assert job_ids == [reply_job_id(message.id)]
-        job = Job.fetch(reply_job_id(message.id), connection=redis_conn)
+        job = fetch_job(reply_job_id(message.id), redis_conn)
         assert job.func_name == REPLY_JOB
-        assert job.args == (message.id,)
+        assert job.args == [message.id]  # JSON in Redis: a list
         assert job.retries_left == 3  # the default agent's retry_attempts
     else:
         assert reply_job_ids(redis_conn) == []
@@ -128,7 +127,7 @@ def test_messages_from_one_pair_share_the_ongoing_chat(client, settings, redis_c
     assert reply_job_ids(redis_conn) == sorted(reply_job_id(i) for i in ids)
     # One reply at a time per chat: the first is queued, the second waits for its turn.
     assert reply_queue(settings, redis_conn).job_ids == [reply_job_id(ids[0])]
-    assert Job.fetch(reply_job_id(ids[1]), connection=redis_conn).get_status() == "rate_limited"
+    assert fetch_job(reply_job_id(ids[1]), redis_conn).get_status() == "rate_limited"
     assert Contact.select().count() == 1
 
 

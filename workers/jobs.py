@@ -30,9 +30,12 @@ from gateway.conversations import outbound, replies
 from gateway.errors import PermanentError
 from gateway.queue import (
     LIVE_STATES,
+    JobSerializer,
     connect_redis,
     enqueue_opening,
     enqueue_reply,
+    fetch_job,
+    job_queue,
     opening_job_id,
     queue_name,
     reply_job_id,
@@ -113,7 +116,7 @@ def _attempt(run):
 def close_silent_chats() -> int:
     """End chats silent for longer than their agent allows (sending its closing text); how many."""
     settings = _settings()
-    queue = Queue(queue_name(settings), connection=_redis(settings))
+    queue = job_queue(queue_name(settings), _redis(settings))
     return replies.close_silent_chats(settings, on_ended=lambda chat_id: schedule_analysis(queue, chat_id))
 
 
@@ -126,7 +129,7 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
     """
     settings = _settings()
     connection = _redis(settings)
-    queue = Queue(queue_name(settings), connection=connection)
+    queue = job_queue(queue_name(settings), connection)
     min_age = SWEEP_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
     now = utcnow()
     with database.connection_context():
@@ -208,7 +211,7 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
     also removes it from RQ's registries) so the same job id can be enqueued again.
     """
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = fetch_job(job_id, connection)
     except NoSuchJobError:
         return False
     status = job.get_status(refresh=False)
@@ -219,7 +222,7 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
         log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
         _expire_abandoned(connection, job)
         try:
-            job = Job.fetch(job_id, connection=connection)
+            job = fetch_job(job_id, connection)
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=False)
@@ -227,7 +230,7 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
             # RQ scheduled the retry after its backoff, but the worker that died may hold the
             # scheduler lock for another minute; the death was no service's fault, so run it
             # now. ZREM decides between us and a live scheduler: only the remover enqueues.
-            queue = Queue(job.origin, connection=connection)
+            queue = job_queue(job.origin, connection)
             if queue.scheduled_job_registry.remove(job):
                 queue.enqueue_job(job)
             return True
@@ -269,7 +272,7 @@ def _worker_is_dead(connection: Redis, job: Job) -> bool:
 
 def _expire_abandoned(connection: Redis, job: Job) -> None:
     """Let RQ's StartedJobRegistry.cleanup treat the job's executions as expired (abandoned)."""
-    registry = StartedJobRegistry(job.origin, connection=connection)
+    registry = StartedJobRegistry(job.origin, connection=connection, serializer=JobSerializer)
     prefix = f"{job.id}:".encode()
     members = [m for m in connection.zrange(registry.key, 0, -1) if m.startswith(prefix)]
     if members:

@@ -17,7 +17,6 @@ import threading
 import uuid
 
 from redis import Redis
-from rq import Queue
 from rq.cron import CronJob, CronScheduler
 from rq.cron_job_registry import add as record_cron_run
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
@@ -25,7 +24,7 @@ from rq.job import Job
 from rq.scripts import acquire_or_refresh_lock, release_lock
 
 from gateway.config import Settings
-from gateway.queue import connect_redis, queue_name
+from gateway.queue import JobSerializer, connect_redis, job_queue, queue_name
 from gateway.storage import db
 from workers import context
 from workers.pool import ThreadPoolWorker
@@ -46,7 +45,7 @@ class DottedCronJob(CronJob):
 
     def enqueue(self, connection: Redis) -> Job:
         """Enqueue by dotted path and record the run in RQ's cron history, as CronJob.enqueue does."""
-        queue = Queue(self.queue_name, connection=connection)
+        queue = job_queue(self.queue_name, connection)
         with connection.pipeline() as pipeline:
             job = queue.enqueue(
                 self.func_name, args=self.args, kwargs=self.kwargs, **self.job_options, pipeline=pipeline
@@ -149,6 +148,7 @@ def run_worker(settings: Settings, concurrency: int | None = None, burst: bool =
         [name],
         connection=connection,
         concurrency=concurrency or settings.worker_concurrency,
+        serializer=JobSerializer,
     )
     periodic = None
     if not burst:

@@ -47,7 +47,7 @@ from rq.rate_limit import RateLimit
 from gateway.agent import llm
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
-from gateway.queue import connect_redis, queue_name, retry_policy
+from gateway.queue import connect_redis, fetch_job, job_queue, queue_name, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import (
     Agent,
@@ -444,7 +444,7 @@ def job_token(value: str) -> str:
 def job_status(connection, job_id: str) -> JobStatus | None:
     """A job's status, or None when there is no such job (or its hash expired)."""
     try:
-        return Job.fetch(job_id, connection=connection).get_status(refresh=False)
+        return fetch_job(job_id, connection).get_status(refresh=False)
     except Exception:  # NoSuchJobError, or a hash missing fields
         return None
 
@@ -499,14 +499,14 @@ def queue_for(settings: Settings) -> Queue | None:
     """
     job = get_current_job()
     if job is not None and job.origin:
-        return Queue(job.origin, connection=job.connection)
+        return job_queue(job.origin, job.connection)
     if not settings.redis_url:
         return None
     with _redis_lock:
         client = _redis_clients.get(settings.redis_url)
         if client is None:
             client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
-    return Queue(queue_name(settings), connection=client)
+    return job_queue(queue_name(settings), client)
 
 
 def summary_job_id(chat_id: str) -> str:
