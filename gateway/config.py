@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     queue_prefix: str = Field("smsgw", validation_alias="SMSGW_QUEUE_PREFIX")
     # `smsgw dev` without Twilio credentials: replies are logged by the worker instead of sent.
     dev_outbox: bool = Field(False, validation_alias="SMSGW_DEV_OUTBOX")
+    # Spend guard (gateway/agent/spend.py): the defaults for agents without caps of their own, on
+    # agent replies per person per hour and per day, and on model tokens per day per agent; and the
+    # whole gateway's daily token budget. 0: no cap.
+    spend_replies_per_person_per_hour: int = Field(
+        30, ge=0, validation_alias="SPEND_REPLIES_PER_PERSON_PER_HOUR"
+    )
+    spend_replies_per_person_per_day: int = Field(
+        200, ge=0, validation_alias="SPEND_REPLIES_PER_PERSON_PER_DAY"
+    )
+    spend_agent_tokens_per_day: int = Field(2_000_000, ge=0, validation_alias="SPEND_AGENT_TOKENS_PER_DAY")
+    spend_gateway_tokens_per_day: int = Field(
+        10_000_000, ge=0, validation_alias="SPEND_GATEWAY_TOKENS_PER_DAY"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -7,10 +7,11 @@ import json
 import logging
 import pickle
 import random
+import threading
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
@@ -82,6 +83,24 @@ def connect_redis(url: str, *, for_web: bool = False) -> Redis:
     if for_web:
         return Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, health_check_interval=30)
     return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
+
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, Redis] = {}
+
+
+def redis_for(settings: Settings) -> Redis | None:
+    """The running job's Redis connection, else this process's client for REDIS_URL (None: unset)."""
+    job = get_current_job()
+    if job is not None:
+        return job.connection
+    if not settings.redis_url:
+        return None
+    with _redis_lock:
+        client = _redis_clients.get(settings.redis_url)
+        if client is None:
+            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
+        return client
 
 
 def queue_name(settings: Settings, name: str = "default") -> str:

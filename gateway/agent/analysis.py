@@ -41,10 +41,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Job
 
-from gateway.agent import llm
+from gateway.agent import llm, spend
 from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
     LIVE_STATES,
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 ANALYSIS_JOB = "workers.memory_jobs.analyze_chat"
 ANALYSIS_JOB_TIMEOUT = 300
+ANALYSIS_RETRIES = 3  # for errors of the model provider; a non-JSON answer is retried once
 ANALYSIS_MAX_MESSAGES = 100  # the newest messages the analysis reads
 SYSTEM_PROMPT_MAX_CHARS = 8000  # of the agent's system prompt shown to the analyst
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -255,7 +256,8 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
     """The analysis job: analyse one chat and store the result; returns it (None: nothing to do).
 
     A chat in which the person never wrote is stored as such without a model call. An answer
-    with no JSON object raises TransientError, so RQ retries it.
+    with no JSON object raises TransientError, so RQ retries it once; a second such answer ends
+    the job without an analysis. A spent token budget (gateway/agent/spend.py) ends it too.
     """
     with database.connection_context():
         chat = Chat.get_or_none(Chat.chat_id == chat_id)
@@ -276,11 +278,21 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
     else:
         if not settings.model_configured:
             return None  # the offline responder cannot analyse
+        over_budget = spend.budget_refusal(settings, agent)
+        if over_budget:
+            log.warning("analysis: chat %s not analysed: %s", chat_id, over_budget)
+            return None
         request = analysis_request(chat, agent, rows, older_left_out, fields)
         completion = llm.complete(settings, model=model_for(agent, settings), messages=request)
+        spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
         parsed = parse_analysis(completion.text, fields)
         if parsed is None:
-            raise TransientError("The model's analysis was not a JSON object.", "invalid_json")
+            job = get_current_job()
+            if job is None or job.retries_left is None or job.retries_left >= ANALYSIS_RETRIES:
+                raise TransientError("The model's analysis was not a JSON object.", "invalid_json")
+            # Asked twice, answered prose twice: a third call would cost as much and say the same.
+            log.warning("analysis: chat %s not analysed: the model answered without JSON again", chat_id)
+            return None
         result = parsed
     result["analyzed_at"] = timestamp()
     result["messages_analyzed"] = len(rows)
@@ -315,7 +327,7 @@ def schedule_analysis(queue: Queue | None, chat: Chat | str) -> Job | None:
             ANALYSIS_JOB,
             chat_id,
             job_id=job_id,
-            retry=retry_policy(3, 5.0),
+            retry=retry_policy(ANALYSIS_RETRIES, 5.0),
             job_timeout=ANALYSIS_JOB_TIMEOUT,
             result_ttl=600,
             failure_ttl=7 * 24 * 3600,

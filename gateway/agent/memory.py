@@ -44,7 +44,7 @@ from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
-from gateway.agent import llm
+from gateway.agent import llm, spend
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
 from gateway.queue import connect_redis, fetch_job, job_queue, queue_name, retry_policy
@@ -238,7 +238,11 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
             return MemoryOutcome("not_due")
         request = summary_request(chat.summary, rows, more)
         old_mark = chat.summary_message_id
+    over_budget = spend.budget_refusal(settings, agent)
+    if over_budget:
+        return MemoryOutcome("skipped", over_budget)
     completion = llm.complete(settings, model=model_for(agent, settings), messages=request)
+    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     summary = clip(completion.text, SUMMARY_MAX_CHARS)
     if not summary:
         return MemoryOutcome("skipped", "empty answer")
@@ -365,11 +369,15 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
         rows, more = unread_messages(key, last_id)
         if not rows:
             return MemoryOutcome("not_due")
+        agent = Agent.get_by_id(Chat.get_by_id(rows[-1].chat_id).agent_id)  # the newest chat's pays
         if model is None:
-            newest_chat = Chat.get_by_id(rows[-1].chat_id)
-            model = model_for(Agent.get_by_id(newest_chat.agent_id), settings)
+            model = model_for(agent, settings)
         request = profile_request(profile, rows, more)
+    over_budget = spend.budget_refusal(settings, agent)
+    if over_budget:
+        return MemoryOutcome("skipped", over_budget)
     completion = llm.complete(settings, model=model, messages=request)
+    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     updated = parse_json_object(completion.text)
     if updated is None:
         log.warning("memory: the profile answer for %s was not a JSON object; the old profile stays", key)

@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.agent import llm
+from gateway.agent import llm, spend
 from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms, to_plain_text
 from gateway.config import Settings
+from gateway.conversations.refusals import refuse_reply
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
@@ -70,7 +71,8 @@ FALLBACK_MESSAGE = "Sorry, I can't answer right now. Please try again later."
 
 @dataclass(frozen=True)
 class ReplyOutcome:
-    """What one attempt did: `answered`, `skipped` (nothing to do) or `opted_out`."""
+    """What one attempt did: `answered`, `skipped` (nothing to do), `opted_out`, or over a spend cap
+    (`rate_limited`, `budget_exhausted`: no model call; see gateway/conversations/refusals.py)."""
 
     outcome: str
     message_id: int
@@ -123,9 +125,27 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                     _set_reply_state(covered, ReplyState.NONE)
                     return ReplyOutcome("opted_out", message_id, covered=tuple(covered))
                 anchor = _stored_reply_anchor(target.chat_id)
-                if anchor is None:
+                # The spend guard counts this reply, or refuses it (gateway/agent/spend.py).
+                refusal = (
+                    spend.admit_reply(settings, agent, target.their_number, newest)
+                    if anchor is None
+                    else None
+                )
+                if anchor is None and refusal is None:
                     prompt = build_messages(chat, agent, settings, upto_message_id=newest, images=True)
 
+            if refusal is not None:
+                refuse_reply(
+                    settings,
+                    agent,
+                    refusal,
+                    chat_id=target.chat_id,
+                    our_number=target.our_number,
+                    their_number=target.their_number,
+                    message_ids=covered,
+                    status_callback=status_callback_url(settings),
+                )
+                return ReplyOutcome(refusal.state.value, message_id, sent, tuple(covered))
             if anchor is None:
                 # No connection is held while media downloads and the model thinks.
                 prompt = media.resolve_images(settings, prompt)
@@ -179,6 +199,7 @@ def ask_for_sms(settings: Settings, agent: Agent, prompt: list[dict]) -> tuple[l
         temperature=agent.temperature,
         max_tokens=agent.max_tokens,
     )
+    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     text = to_plain_text(completion.text) or completion.text.strip()
     parts = split_sms(text, max_parts=reply_parts_cap(agent))
     if not parts:
