@@ -330,7 +330,7 @@ def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_
     import sqlite3
 
     from gateway.config import Settings
-    from gateway.queue import queue_name
+    from gateway.queue import fetch_job, job_queue, queue_name
     from tests import jobs_for_tests
     from workers import context
     from workers.runner import run_worker
@@ -341,7 +341,7 @@ def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_
         queue_prefix=f"ctx-{uuid.uuid4().hex[:6]}",
         worker_concurrency=5,
     )
-    q = Queue(queue_name(settings), connection=redis_conn)
+    q = job_queue(queue_name(settings), redis_conn)  # the gateway's worker reads and writes JSON
     field = q.enqueue(f"{JOBS}.settings_field", "queue_prefix")
     touches = [q.enqueue(f"{JOBS}.touch_database", "db") for _ in range(5)]
     jobs_for_tests._CONNECTIONS.clear()
@@ -349,8 +349,8 @@ def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_
         run_worker(settings, burst=True)
     finally:
         context.configure(None)
-    assert Job.fetch(field.id, connection=redis_conn).return_value() == settings.queue_prefix
-    assert all(Job.fetch(j.id, connection=redis_conn).return_value() is True for j in touches)
+    assert fetch_job(field.id, redis_conn).return_value() == settings.queue_prefix
+    assert all(fetch_job(j.id, redis_conn).return_value() is True for j in touches)
     assert len(jobs_for_tests._CONNECTIONS) == 5
     for conn in jobs_for_tests._CONNECTIONS:
         with pytest.raises(sqlite3.ProgrammingError):
@@ -359,8 +359,10 @@ def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_
 
 def test_periodic_jobs_are_enqueued_by_one_scheduler(redis_conn, queue):
     """Two cron threads share a lock: only the holder enqueues; due jobs go on the queue by dotted path."""
+    from gateway.queue import job_queue
     from workers.runner import PeriodicJobs
 
+    queue = job_queue(queue.name, redis_conn)  # the cron thread enqueues JSON
     jobs = ((f"{JOBS}.tick", 1),)
     first = PeriodicJobs(redis_conn, queue.name, jobs=jobs)
     second = PeriodicJobs(redis_conn, queue.name, jobs=jobs)
