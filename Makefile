@@ -19,6 +19,7 @@ run: install
 
 test: install
 	bash scripts/ensure-redis.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
