@@ -54,8 +54,17 @@ def _with_instance_path(settings: Settings, instance_path: str) -> Settings:
 
 def _register_blueprints(app: Flask) -> None:
     """Register the blueprints of each area of the gateway."""
-    from gateway import api
+    from gateway import api, console
     from gateway.twilio import webhooks as twilio_webhooks
 
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(console.bp)
+    app.add_url_rule("/", "index", _index)
+
+
+def _index():
+    """The gateway's front page: where the console is."""
+    from flask import render_template
+
+    return render_template("console/index.html")

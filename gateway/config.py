@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
     openai_model: str = Field(DEFAULT_MODEL, validation_alias="OPENAI_MODEL")
     gateway_api_key: str | None = Field(None, repr=False, validation_alias="GATEWAY_API_KEY")
+    # Signs the console's session cookie; unset: derived from GATEWAY_API_KEY (changing the key
+    # then signs everyone out).
+    secret_key: str | None = Field(None, repr=False, validation_alias="SECRET_KEY")
     # Development switch: skip X-Twilio-Signature checks (logged loudly at start).
     twilio_validate_signatures: bool = Field(True, validation_alias="TWILIO_VALIDATE_SIGNATURES")
     # Where SQLite files live when DATABASE_URL is unset.

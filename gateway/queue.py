@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Jobs are enqueued by dotted path, so the web process never imports worker code.
 REPLY_JOB = "workers.jobs.reply_to_message"
 OPENING_JOB = "workers.jobs.send_opening"
+OPERATOR_JOB = "workers.jobs.send_operator_parts"
 # A reply waits on the model (seconds) and Twilio; past this RQ stops it and retries.
 REPLY_JOB_TIMEOUT = 300
 
@@ -212,4 +213,21 @@ def enqueue_opening(
         retry=retry,
         check_existing=check_existing,
         description=f"opening text of {chat_id}",
+    )
+
+
+def enqueue_operator_parts(queue: Queue, *, chat_id: str, first_message_id: int) -> Job | None:
+    """Queue the job that sends an operator's text (its parts without a SID) in a held chat.
+
+    Same per-chat key as replies, so the operator's text and a reply never interleave.
+    """
+    return _enqueue_in_chat(
+        queue,
+        OPERATOR_JOB,
+        chat_id,
+        job_id=f"operator-{first_message_id:012d}",
+        chat_id=chat_id,
+        retry=retry_policy(3, 1.0),
+        check_existing=False,
+        description=f"operator's text in {chat_id}",
     )

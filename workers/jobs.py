@@ -26,7 +26,7 @@ from rq.worker import Worker
 
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
-from gateway.conversations import outbound, replies
+from gateway.conversations import operator, outbound, replies
 from gateway.errors import PermanentError
 from gateway.queue import (
     LIVE_STATES,
@@ -89,6 +89,13 @@ def send_opening(chat_id: str) -> dict:
     """Write (if the caller did not) and send the opening text of outbound SMS chat `chat_id`."""
     settings = _settings()
     sent = _attempt(lambda last: outbound.send_opening(settings, chat_id, last_attempt=last))
+    return {"chat_id": chat_id, "parts_sent": sent}
+
+
+def send_operator_parts(chat_id: str) -> dict:
+    """Send the unsent parts an operator wrote in SMS chat `chat_id` (human takeover)."""
+    settings = _settings()
+    sent = _attempt(lambda last: operator.send_operator_parts(settings, chat_id))
     return {"chat_id": chat_id, "parts_sent": sent}
 
 

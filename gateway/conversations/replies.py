@@ -124,6 +124,10 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 if _opted_out(target):
                     _set_reply_state(covered, ReplyState.NONE)
                     return ReplyOutcome("opted_out", message_id, covered=tuple(covered))
+                if chat.operator_held_at is not None:
+                    # A human operator holds the chat (gateway/conversations/operator.py).
+                    _set_reply_state(covered, ReplyState.NONE)
+                    return ReplyOutcome("held", message_id, covered=tuple(covered))
                 anchor = _stored_reply_anchor(target.chat_id)
                 # The spend guard counts this reply, or refuses it (gateway/agent/spend.py).
                 refusal = (
@@ -523,6 +527,7 @@ def close_silent_chats(
                     (Chat.agent == agent.agent_id)
                     & (Chat.chat_status == ChatStatus.ONGOING.value)
                     & (Chat.last_activity_at < cutoff)
+                    & Chat.operator_held_at.is_null()
                 )
                 .order_by(Chat.last_activity_at)
                 .limit(CLOSE_BATCH)
@@ -551,6 +556,7 @@ def _end_chat(chat_id: str, cutoff: datetime, now: datetime) -> bool:
                 (Chat.chat_id == chat_id)
                 & (Chat.chat_status == ChatStatus.ONGOING.value)
                 & (Chat.last_activity_at < cutoff)
+                & Chat.operator_held_at.is_null()  # an operator holds it: not silent, just human
             )
             .execute()
         )

@@ -186,6 +186,9 @@ class Chat(BaseModel):
     summary = TextField(null=True)  # rolling summary (summary_memory)
     summary_message_id = IntegerField(null=True)  # last message the summary covers
     chat_analysis = JSONField(null=True)
+    # Set while a human operator holds the chat (console or POST /v1/chats/{id}/takeover): the
+    # agent does not answer and the silence timer does not end it. NULL: the agent answers.
+    operator_held_at = DateTimeField(null=True)
 
     class Meta:
         # Keyset paging orders by (start_timestamp, chat_id): chat_id breaks ties.

@@ -1,0 +1,262 @@
+"""The console's chats: the list (filters, search, keyset pages), a chat's page with its live
+transcript, its media served to signed-in operators, ending a chat, and human takeover."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from peewee import fn
+
+from gateway.agent.memory import profile_key_for
+from gateway.api.errors import ApiError
+from gateway.api.paging import page_of_chats
+from gateway.console import bp
+from gateway.conversations import operator
+from gateway.storage.models import (
+    Agent,
+    Chat,
+    ChatStatus,
+    ChatType,
+    Message,
+    MessageKind,
+    PhoneNumber,
+    Role,
+    UserProfile,
+)
+from gateway.twilio import media
+from gateway.twilio.error_codes import meaning
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 25
+# How often an open chat page asks whether anything changed (milliseconds).
+POLL_MS = 1500
+
+
+def agent_names() -> dict[str, str]:
+    """{agent_id: name} of every agent, deleted ones included (old chats still name them)."""
+    return {a.agent_id: (a.name or a.agent_id) for a in Agent.select(Agent.agent_id, Agent.name)}
+
+
+@bp.get("/")
+def home():
+    """The console opens on the chats."""
+    return redirect(url_for("console.chats"))
+
+
+@bp.get("/chats")
+def chats():
+    """Chats, newest first, filtered and searched, one keyset page at a time."""
+    args = request.args
+    query = Chat.select()
+    if args.get("agent"):
+        query = query.where(Chat.agent == args["agent"])
+    if args.get("status") in {s.value for s in ChatStatus}:
+        query = query.where(Chat.chat_status == args["status"])
+    if args.get("type") in {t.value for t in ChatType}:
+        query = query.where(Chat.chat_type == args["type"])
+    if args.get("number"):
+        query = query.where(Chat.from_number == args["number"])
+    search = (args.get("q") or "").strip()
+    if search:
+        digits = "".join(c for c in search if c.isdigit())
+        # The person's number as typed, with or without +, spaces or dashes.
+        query = query.where(Chat.to_number.contains(digits) if digits else Chat.user_id == search)
+    try:
+        rows, has_more, next_key = page_of_chats(query, limit=PAGE_SIZE, cursor=args.get("after") or None)
+    except ApiError:
+        flash("That page link is out of date; here is the first page.")
+        rows, has_more, next_key = page_of_chats(query, limit=PAGE_SIZE, cursor=None)
+    filters = {k: v for k, v in args.items() if k != "after" and v}
+    return render_template(
+        "console/chats.html",
+        chats=rows,
+        has_more=has_more,
+        next_url=url_for("console.chats", after=next_key, **filters) if has_more else None,
+        filters=filters,
+        agents=agent_names(),
+        numbers=[n.phone_number for n in PhoneNumber.select(PhoneNumber.phone_number)],
+        statuses=[s.value for s in ChatStatus],
+        types=[t.value for t in ChatType],
+    )
+
+
+def chat_or_404(chat_id: str) -> Chat:
+    """The chat named in the URL, or a 404 page."""
+    chat = Chat.get_or_none(Chat.chat_id == chat_id)
+    if chat is None:
+        abort(404)
+    return chat
+
+
+def transcript(chat: Chat) -> list[dict]:
+    """The chat's messages, oldest first, as the template shows them."""
+    rows = list(Message.select().where(Message.chat == chat.chat_id).order_by(Message.id))
+    return [
+        {
+            "id": m.id,
+            "who": speaker(m),
+            "role": m.role,
+            "kind": m.kind,
+            "content": m.content,
+            "time": m.created_at,
+            "status": status_word(m.status),
+            "error_code": m.error_code,
+            "error": m.error_message or meaning(m.error_code),
+            "media": [
+                {"index": i, "content_type": item.get("content_type") or "", "image": media.is_image(item)}
+                for i, item in enumerate(m.media or [])
+                if isinstance(item, dict)
+            ],
+            "tokens": (m.prompt_tokens or 0) + (m.completion_tokens or 0),
+        }
+        for m in rows
+    ]
+
+
+def speaker(message: Message) -> str:
+    """Who wrote a message, in words."""
+    if message.kind == MessageKind.OPERATOR.value:
+        return "Operator"
+    if message.role == Role.USER.value:
+        return "Person"
+    if message.kind in (MessageKind.NOTICE.value, MessageKind.HELP_ANSWER.value):
+        return "Gateway"
+    return "Agent"
+
+
+def status_word(status: str | None) -> str | None:
+    """A stored delivery status as operators read it (the worker's internal lease reads as queued)."""
+    return "queued" if status == "sending" else status
+
+
+def chat_version(chat: Chat) -> str:
+    """A short fingerprint that changes whenever the chat's page would: new rows, statuses, state."""
+    count, newest = (
+        Message.select(fn.COUNT(Message.id), fn.MAX(Message.updated_at))
+        .where(Message.chat == chat.chat_id)
+        .tuples()
+        .first()
+    )
+    raw = "|".join(
+        str(v)
+        for v in (
+            count,
+            newest,
+            chat.chat_status,
+            chat.operator_held_at,
+            chat.summary,
+            chat.chat_analysis,
+            chat.end_timestamp,
+        )
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def chat_context(chat: Chat) -> dict:
+    """What the chat page and its live part show."""
+    messages = transcript(chat)
+    rows = Message.select(fn.SUM(Message.prompt_tokens), fn.SUM(Message.completion_tokens)).where(
+        Message.chat == chat.chat_id
+    )
+    prompt_tokens, completion_tokens = rows.tuples().first()
+    key = profile_key_for(chat)
+    profile = UserProfile.get_or_none(UserProfile.key == key) if key else None
+    return {
+        "chat": chat,
+        "agent_name": agent_names().get(chat.agent_id, chat.agent_id),
+        "messages": messages,
+        "usage": {"prompt": prompt_tokens or 0, "completion": completion_tokens or 0},
+        "profile": profile.profile if profile else None,
+        "held": chat.operator_held_at is not None,
+        "can_take_over": chat.chat_type == ChatType.SMS.value
+        and chat.chat_status == ChatStatus.ONGOING.value,
+        "version": chat_version(chat),
+    }
+
+
+@bp.get("/chats/<chat_id>")
+def chat(chat_id: str):
+    """One chat: transcript, usage, summary, profile, analysis; live while open."""
+    return render_template("console/chat.html", poll_ms=POLL_MS, **chat_context(chat_or_404(chat_id)))
+
+
+@bp.get("/chats/<chat_id>/live.json")
+def chat_live(chat_id: str):
+    """The chat page's changing part, when it changed since `v` (else just the version)."""
+    chat = chat_or_404(chat_id)
+    version = chat_version(chat)
+    if request.args.get("v") == version:
+        return jsonify(version=version)
+    html = render_template("console/_chat_live.html", **chat_context(chat))
+    return jsonify(version=version, html=html)
+
+
+@bp.post("/chats/<chat_id>/end")
+def end_chat(chat_id: str):
+    """End an ongoing chat (its post-chat analysis is queued)."""
+    chat = chat_or_404(chat_id)
+    if operator.end_chat_by_operator(chat.chat_id, current_app.task_queue):  # type: ignore[attr-defined]
+        flash("The chat is ended.")
+    else:
+        flash(f"The chat is {chat.chat_status}, not ongoing: nothing to end.")
+    return redirect(url_for("console.chat", chat_id=chat.chat_id))
+
+
+@bp.get("/chats/<chat_id>/media/<int:message_id>/<int:index>")
+def chat_media(chat_id: str, message_id: int, index: int):
+    """An image of a message, fetched from Twilio (our account's media only) for a signed-in operator."""
+    message = Message.get_or_none((Message.id == message_id) & (Message.chat == chat_id))
+    items = (message.media or []) if message is not None else []
+    if not 0 <= index < len(items) or not isinstance(items[index], dict) or not items[index].get("url"):
+        abort(404)
+    settings = current_app.config["SETTINGS"]
+    try:
+        _, data = media.fetch_media(items[index]["url"], media.policy_for(settings))
+    except media.MediaError as exc:
+        return Response(f"This attachment could not be shown: {exc.reason}.\n", 502, mimetype="text/plain")
+    content_type = media.sniff_image_type(data)
+    if content_type is None:
+        # Only images are shown inline; anything else could be a page that runs in our origin.
+        return Response("This attachment is not an image.\n", 415, mimetype="text/plain")
+    response = Response(data, mimetype=content_type)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'"
+    return response
+
+
+@bp.post("/chats/<chat_id>/takeover")
+def take_over(chat_id: str):
+    """Pause the agent on this SMS chat: the operator answers by hand."""
+    chat = chat_or_404(chat_id)
+    try:
+        operator.take_over(chat.chat_id)
+        flash("You hold this chat: the agent will not answer until you hand it back.")
+    except operator.OperatorRefused as exc:
+        flash(exc.message)
+    return redirect(url_for("console.chat", chat_id=chat.chat_id))
+
+
+@bp.post("/chats/<chat_id>/handback")
+def hand_back(chat_id: str):
+    """Let the agent answer this chat again."""
+    chat = chat_or_404(chat_id)
+    if operator.hand_back(chat.chat_id):
+        flash("Handed back: the agent answers the next text.")
+    else:
+        flash("Nobody held this chat.")
+    return redirect(url_for("console.chat", chat_id=chat.chat_id))
+
+
+@bp.post("/chats/<chat_id>/reply")
+def reply(chat_id: str):
+    """Send the operator's text to the person, through the agent's send path."""
+    chat = chat_or_404(chat_id)
+    try:
+        operator.send_operator_message(chat.chat_id, request.form.get("text") or "", current_app.task_queue)  # type: ignore[attr-defined]
+    except operator.OperatorRefused as exc:
+        flash(exc.message)
+    return redirect(url_for("console.chat", chat_id=chat.chat_id))

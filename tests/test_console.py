@@ -1,0 +1,133 @@
+"""The operator console without a browser: sign-in, sessions, CSRF, the pause after wrong keys,
+and what an anonymous visitor can (not) see."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.console.auth import COOKIE_NAME, MAX_FAILURES
+from gateway.storage.models import Chat, ChatType, Message, MessageStatus, Role, utcnow
+from tests.conftest import GATEWAY_API_KEY
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, key: str = GATEWAY_API_KEY):
+    """Open the sign-in form and post the key with its CSRF token."""
+    token = csrf_from(client.get("/console/sign-in").get_data(as_text=True))
+    return client.post("/console/sign-in", data={"key": key, "csrf_token": token})
+
+
+@pytest.fixture
+def sms_chat(app):
+    """An ongoing SMS chat with one inbound text and one delivered reply."""
+    now = utcnow()
+    chat = Chat.create(
+        agent="agent_default",
+        chat_type=ChatType.SMS.value,
+        from_number="+15550001111",
+        to_number="+15557654321",
+        ongoing_pair="+15550001111|+15557654321",
+        start_timestamp=now,
+        last_activity_at=now,
+    )
+    Message.create(chat=chat, role=Role.USER.value, content="hello there", status="received")
+    Message.create(
+        chat=chat, role=Role.AGENT.value, content="hi!", status=MessageStatus.FAILED.value, error_code="30003"
+    )
+    return chat
+
+
+@pytest.fixture(autouse=True)
+def default_agent(app):
+    """The default agent exists (chats point at it)."""
+    from gateway.conversations.agents import default_agent
+
+    return default_agent()
+
+
+def test_front_page_links_to_the_console(client):
+    """`/` is a page that leads to the console."""
+    response = client.get("/")
+    assert response.status_code == 200
+    assert 'href="/console/chats"' in response.get_data(as_text=True)
+
+
+def test_anonymous_visitors_see_nothing(client, sms_chat):
+    """Every console page redirects to the sign-in form; JSON and actions answer 401, no data."""
+    for path in ("/console/chats", f"/console/chats/{sms_chat.chat_id}", "/console/"):
+        response = client.get(path)
+        assert response.status_code == 302 and "/console/sign-in" in response.headers["Location"]
+    live = client.get(f"/console/chats/{sms_chat.chat_id}/live.json")
+    assert live.status_code == 401 and "hello there" not in live.get_data(as_text=True)
+    token = csrf_from(client.get("/console/sign-in").get_data(as_text=True))
+    ended = client.post(f"/console/chats/{sms_chat.chat_id}/end", data={"csrf_token": token})
+    assert ended.status_code == 401
+    assert Chat.get_by_id(sms_chat.chat_id).chat_status == "ongoing"
+
+
+def test_sign_in_with_the_key_opens_the_console(client, sms_chat):
+    """The right key signs in (a HttpOnly, SameSite=Lax, Secure-on-https cookie) and shows the chats."""
+    response = sign_in(client)
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(COOKIE_NAME + "=")
+    # PUBLIC_BASE_URL is https in the tests' settings: the cookie is Secure.
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    page = client.get("/console/chats").get_data(as_text=True)
+    assert "+15557654321" in page
+    chat_page = client.get(f"/console/chats/{sms_chat.chat_id}").get_data(as_text=True)
+    assert "hello there" in chat_page
+    assert "30003" in chat_page and "out of reach" in chat_page  # the error code and its meaning
+
+
+def test_wrong_key_is_refused_and_pauses_after_too_many(client):
+    """A wrong key is refused in words; after MAX_FAILURES the address must wait, right key or not."""
+    for _ in range(MAX_FAILURES):
+        response = sign_in(client, "wrong")
+        assert response.status_code == 401
+        assert "not right" in response.get_data(as_text=True)
+    paused = sign_in(client)
+    assert paused.status_code == 429
+    assert "Too many wrong keys" in paused.get_data(as_text=True)
+    assert client.get("/console/chats").status_code == 302
+
+
+def test_a_form_without_its_csrf_token_is_refused(client, sms_chat):
+    """A signed-in operator's POST without the CSRF token does nothing."""
+    sign_in(client)
+    response = client.post(f"/console/chats/{sms_chat.chat_id}/end")
+    assert response.status_code == 400
+    assert "security token" in response.get_data(as_text=True)
+    assert Chat.get_by_id(sms_chat.chat_id).chat_status == "ongoing"
+
+
+def test_sign_out_ends_the_session(client):
+    """After signing out, the console asks for the key again."""
+    sign_in(client)
+    token = csrf_from(client.get("/console/chats").get_data(as_text=True))
+    client.post("/console/sign-out", data={"csrf_token": token})
+    assert client.get("/console/chats").status_code == 302
+
+
+def test_sign_in_never_redirects_off_site(client):
+    """`next` may only lead into the console."""
+    token = csrf_from(client.get("/console/sign-in").get_data(as_text=True))
+    response = client.post(
+        "/console/sign-in?next=https://evil.example/", data={"key": GATEWAY_API_KEY, "csrf_token": token}
+    )
+    assert response.headers["Location"] == "/console/chats"
+
+
+def test_end_chat_from_the_console(client, sms_chat):
+    """End chat ends it (end_reason operator)."""
+    sign_in(client)
+    page = client.get(f"/console/chats/{sms_chat.chat_id}").get_data(as_text=True)
+    client.post(f"/console/chats/{sms_chat.chat_id}/end", data={"csrf_token": csrf_from(page)})
+    chat = Chat.get_by_id(sms_chat.chat_id)
+    assert chat.chat_status == "ended" and chat.end_reason == "operator" and chat.ongoing_pair is None
