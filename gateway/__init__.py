@@ -60,6 +60,10 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(console.bp)
+    if app.config.get("TWILIO_EMULATOR") is not None:
+        from gateway.dev_phone import views as dev_phone
+
+        app.register_blueprint(dev_phone.bp)
     app.add_url_rule("/", "index", _index)
 
 

@@ -59,8 +59,6 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(20, ge=1, validation_alias="DATABASE_POOL_SIZE")
     # Queue name prefix, so several gateways (or test runs) can share one Redis.
     queue_prefix: str = Field("smsgw", validation_alias="SMSGW_QUEUE_PREFIX")
-    # `smsgw dev` without Twilio credentials: replies are logged by the worker instead of sent.
-    dev_outbox: bool = Field(False, validation_alias="SMSGW_DEV_OUTBOX")
     # Spend guard (gateway/agent/spend.py): the defaults for agents without caps of their own, on
     # agent replies per person per hour and per day, and on model tokens per day per agent; and the
     # whole gateway's daily token budget. 0: no cap.

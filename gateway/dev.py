@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -63,17 +64,41 @@ def dev_settings(settings: Settings, instance_path: str) -> Settings:
         # Without a token there is nothing to check signatures against; say so loudly.
         log.warning("TWILIO_AUTH_TOKEN is unset: webhook signatures are not checked in `smsgw dev`")
         settings = settings.model_copy(update={"twilio_validate_signatures": False})
-    if not settings.twilio_configured:
-        settings = settings.model_copy(update={"dev_outbox": True})
     return settings
+
+
+def dev_banner(host: str, port: int, generated_key: str | None, dev_phone: bool) -> str:
+    """What `smsgw dev` prints for a person: where the console and the dev phone are, and the key."""
+    origin = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    lines = [f"  console:   {origin}/console"]
+    if generated_key:
+        lines.append(
+            f"             sign in with {generated_key}  (generated: set GATEWAY_API_KEY to keep one)"
+        )
+    else:
+        lines.append("             sign in with your GATEWAY_API_KEY")
+    if dev_phone:
+        lines.append(
+            f"  dev phone: {origin}/dev/phone  (text the agent; replies come back through a Twilio emulator)"
+        )
+    return "\n".join(["", *lines, ""])
 
 
 def run_dev(settings: Settings, host: str, port: int) -> None:
     """Start an embedded Redis if needed, upgrade the schema, then the worker and the web app."""
     from gateway import create_app
+    from gateway.dev_phone.setup import provision_numbers, start_twilio_emulator
     from gateway.storage import db
 
     instance = Path(settings.instance_path if settings.instance_path != "instance" else "instance").resolve()
+    # No Twilio credentials: replies go to the built-in Twilio emulator, texts come from the dev phone.
+    emulator = None
+    if not settings.twilio_configured:
+        emulator, settings = start_twilio_emulator(settings, host, port)
+    generated_key = None
+    if not settings.gateway_api_key:
+        generated_key = secrets.token_urlsafe(12)
+        settings = settings.model_copy(update={"gateway_api_key": generated_key})
     settings = dev_settings(settings, str(instance))
     children: list[subprocess.Popen] = []
 
@@ -99,6 +124,8 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
     applied = db.upgrade()
     if applied:
         log.info("database schema: applied %s", ", ".join(applied))
+    if emulator is not None:
+        provision_numbers(emulator, settings)
 
     env = dict(os.environ)
     env.update(settings_to_env(settings))
@@ -106,10 +133,9 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
 
     if not settings.model_configured:
         log.warning("no model configured (OPENAI_API_KEY/OPENAI_BASE_URL): the offline responder answers")
-    if not settings.twilio_configured:
-        log.warning("no Twilio credentials: replies go to the dev outbox in the worker's log")
-    app = create_app({"SETTINGS": settings})
+    app = create_app({"SETTINGS": settings, "TWILIO_EMULATOR": emulator})
     log.info("gateway on http://%s:%d  (webhook: POST /twilio/sms)", host, port)
+    print(dev_banner(host, port, generated_key, emulator is not None), flush=True)
     try:
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 
 import requests
@@ -56,8 +55,6 @@ def send_sms(
     status_callback: str | None = None,
 ) -> tuple[str, str]:
     """Send one SMS/MMS; return Twilio's (sid, status); raise TransientError/PermanentError."""
-    if settings.dev_outbox and not settings.twilio_configured:
-        return _dev_outbox(from_, to, body, media_urls)
     kwargs: dict = {"from_": from_, "to": to, "body": body}
     if media_urls:
         kwargs["media_url"] = list(media_urls)
@@ -72,14 +69,6 @@ def send_sms(
     except TwilioException as exc:
         raise PermanentError(f"Twilio client error: {exc}", "twilio_error") from exc
     return message.sid, (message.status or "queued")
-
-
-def _dev_outbox(from_: str, to: str, body: str, media_urls: list[str] | None) -> tuple[str, str]:
-    """`smsgw dev` without Twilio credentials: write the message to the log instead of sending it."""
-    sid = "SMdev" + secrets.token_hex(15)
-    media = f" (+{len(media_urls)} media)" if media_urls else ""
-    log.warning("[dev outbox — not sent, no Twilio credentials] %s -> %s%s: %s", from_, to, media, body)
-    return sid, "sent"
 
 
 def classify_twilio_error(exc: TwilioRestException) -> GatewayError:
