@@ -34,7 +34,7 @@ def test_every_setting_is_a_typed_field():
     [
         ("WORKER_CONCURRENCY", "abc", "WORKER_CONCURRENCY: expected an integer, got 'abc'"),
         ("MODEL_TIMEOUT", "soon", "MODEL_TIMEOUT: expected a number, got 'soon'"),
-        ("SMSGW_DEV_OUTBOX", "maybe", "SMSGW_DEV_OUTBOX: expected 1 or 0"),
+        ("TWILIO_VALIDATE_SIGNATURES", "maybe", "TWILIO_VALIDATE_SIGNATURES: expected 1 or 0"),
         ("DATABASE_POOL_SIZE", "0", "DATABASE_POOL_SIZE: expected greater than or equal to 1, got '0'"),
     ],
 )

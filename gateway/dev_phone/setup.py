@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+
 from gateway.config import Settings
 from gateway.dev_phone.emulator import TwilioEmulator
 from gateway.storage.models import PhoneNumber
