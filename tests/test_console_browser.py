@@ -225,3 +225,26 @@ def test_signature_is_checked_for_a_message_sid(stack):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback
     assert refused.value.code == 403
+
+
+def test_outbound_double_click_starts_one_conversation(page, stack):
+    """Make an outbound SMS, double-clicked: one chat, one opening text at Twilio."""
+    them = person()
+    from gateway.storage import db
+    from gateway.storage.models import Chat, PhoneNumber
+
+    db.init_database(stack.settings.database_url, pool_size=2)  # this module's database, read directly
+    with db.database.connection_context():
+        PhoneNumber.insert(phone_number=OUR_NUMBER).on_conflict_ignore().execute()
+    sign_in(page)
+    page.goto("/console/outbound")
+    page.fill("input[name=to_number]", them)
+    page.fill("textarea[name=message]", "Your table is ready.")
+    stack.shots.take(page, "outbound")
+    page.dblclick("form.card button[type=submit]")
+    expect(page.locator(".transcript")).to_contain_text("Your table is ready.")
+    wait_for(lambda: stack.twilio.messages_to(them), message="the opening text at Twilio")
+    with db.database.connection_context():
+        assert Chat.select().where(Chat.to_number == them).count() == 1
+    [opening] = stack.twilio.messages_to(them)
+    assert opening["Body"].startswith("Your table is ready.")
