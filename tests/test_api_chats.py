@@ -23,6 +23,7 @@ CHAT_KEYS = {
     "start_timestamp",
     "end_timestamp",
     "end_reason",
+    "operator_held_at",
     "chat_analysis",
 }
 
@@ -84,10 +85,20 @@ def test_messages_come_back_in_order_with_sms_fields(client):
     first, second = chat["messages"]
     assert first["content"] == "first" and second["content"] == "second"
     assert first["message_id"].startswith("msg_")
-    assert set(first) == {"message_id", "role", "content", "media", "created_at", "status", "error_code"}
+    assert set(first) == {
+        "message_id",
+        "role",
+        "kind",
+        "content",
+        "media",
+        "created_at",
+        "status",
+        "error_code",
+    }
     assert second == {
         "message_id": second["message_id"],
         "role": "agent",
+        "kind": "text",
         "content": "second",
         "media": [{"url": "https://example.test/a.jpg", "content_type": "image/jpeg"}],
         "created_at": second["created_at"],

@@ -248,3 +248,22 @@ def test_outbound_double_click_starts_one_conversation(page, stack):
         assert Chat.select().where(Chat.to_number == them).count() == 1
     [opening] = stack.twilio.messages_to(them)
     assert opening["Body"].startswith("Your table is ready.")
+
+
+def test_agent_edit_shows_the_api_validation_message(page, stack):
+    """An out-of-range setting is refused with the API's own message next to the field; a good one saves."""
+    sign_in(page)
+    page.goto("/console/agents/new")
+    page.fill("input[name=agent_id]", "agent_browser_" + uuid.uuid4().hex[:6])
+    page.fill("input[name=name]", "Front desk")
+    page.click("form.agent-form button[type=submit]")
+    expect(page.locator(".flash")).to_contain_text("created")
+    page.fill("input[name=temperature]", "5")
+    page.click("form.agent-form button[type=submit]")
+    expect(page.get_by_role("alert")).to_contain_text("temperature: Input should be less than or equal to 2")
+    expect(page.locator("label.invalid")).to_contain_text("temperature")
+    stack.shots.take(page, "agent-validation")
+    page.fill("input[name=temperature]", "0.4")
+    page.click("form.agent-form button[type=submit]")
+    expect(page.locator(".flash")).to_contain_text("Saved")
+    expect(page.locator("input[name=temperature]")).to_have_value("0.4")

@@ -10,6 +10,7 @@ import pytest
 from gateway.agent.prompt import build_messages
 from gateway.conversations import operator, replies
 from gateway.storage.models import Agent, Chat, ChatType, Contact, Message, MessageKind, Role, utcnow
+from tests.conftest import GATEWAY_API_KEY
 from workers import context, jobs
 
 OUR = "+15550001000"
@@ -102,3 +103,35 @@ def test_auto_close_leaves_a_held_chat_open(configured, chat, fake_twilio):
     assert Chat.get_by_id(chat.chat_id).chat_status == "ongoing"
     operator.hand_back(chat.chat_id)
     assert jobs.close_silent_chats() == 1
+
+
+AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
+
+
+def test_takeover_over_the_api(client, chat, fake_twilio, settings):
+    """takeover, an operator text (202, kind operator), handback; refusals as JSON errors."""
+    not_held = client.post(f"/v1/chats/{chat.chat_id}/messages", json={"text": "hi"}, headers=AUTH)
+    assert not_held.status_code == 409 and not_held.get_json()["error"]["code"] == "not_held"
+
+    held = client.post(f"/v1/chats/{chat.chat_id}/takeover", headers=AUTH)
+    assert held.status_code == 200 and held.get_json()["operator_held_at"]
+
+    sent = client.post(f"/v1/chats/{chat.chat_id}/messages", json={"text": "A person here."}, headers=AUTH)
+    assert sent.status_code == 202
+    [message] = sent.get_json()["messages"]
+    assert (message["role"], message["kind"], message["content"]) == ("agent", "operator", "A person here.")
+    assert message["status"] == "queued"
+
+    empty = client.post(f"/v1/chats/{chat.chat_id}/messages", json={"text": ""}, headers=AUTH)
+    assert empty.status_code == 422 and empty.get_json()["error"]["field"] == "text"
+
+    back = client.post(f"/v1/chats/{chat.chat_id}/handback", headers=AUTH)
+    assert back.status_code == 200 and back.get_json()["operator_held_at"] is None
+
+
+def test_api_chats_cannot_be_taken_over(client, app):
+    """Takeover is for SMS chats: an API chat gets 409 not_sms_chat."""
+    agent = Agent.create(name="api")
+    api_chat = Chat.create(agent=agent, chat_type=ChatType.API.value)
+    refused = client.post(f"/v1/chats/{api_chat.chat_id}/takeover", headers=AUTH)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "not_sms_chat"

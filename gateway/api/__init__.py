@@ -46,4 +46,4 @@ def _require_api_key() -> None:
         raise ApiError(401, "unauthorized", "The API key is wrong.")
 
 
-from gateway.api import agents, chats, completions, openapi, phone_numbers, sms_chats  # noqa: E402,F401  (routes register on bp)
+from gateway.api import agents, chats, completions, openapi, phone_numbers, sms_chats, takeover  # noqa: E402,F401  (routes register on bp)

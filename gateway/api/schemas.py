@@ -26,7 +26,7 @@ from gateway.agent.analysis import AnalysisField, AnalysisFields
 from gateway.agent.text import SMS_MAX_CHARS
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
-from gateway.storage.models import ChatStatus, ChatType, MessageStatus, Role
+from gateway.storage.models import ChatStatus, ChatType, MessageKind, MessageStatus, Role
 
 # Public ids travel in URLs: letters, digits, `_` and `-` only, matched in full (no trailing newline).
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -146,6 +146,7 @@ ChatTypeName = Literal[tuple(t.value for t in ChatType)]  # type: ignore[valid-t
 ChatStatusName = Literal[tuple(s.value for s in ChatStatus)]  # type: ignore[valid-type]
 MessageStatusName = Literal[tuple(s.value for s in MessageStatus)]  # type: ignore[valid-type]
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
+MessageKindName = Literal[tuple(k.value for k in MessageKind)]  # type: ignore[valid-type]
 
 
 def cap(what: str) -> Any:
@@ -443,6 +444,14 @@ class Message(Out):
 
     message_id: Annotated[str, Field(examples=["msg_42"])]
     role: RoleName
+    kind: Annotated[
+        MessageKindName,
+        Field(
+            description="`text`: the person's text or the agent's reply; `operator`: written by a human "
+            "operator who took the chat over; `keyword`, `opted_out`, `help_answer`, `notice`: shown but "
+            "never given to the model."
+        ),
+    ]
     content: str
     media: list[Media]
     created_at: Timestamp
@@ -475,6 +484,10 @@ class Chat(Out):
     start_timestamp: Timestamp
     end_timestamp: Timestamp | None
     end_reason: Annotated[str | None, Field(description="Why it ended: `api`, `silence`, `opt_out`, ...")]
+    operator_held_at: Annotated[
+        Timestamp | None,
+        Field(description="Set while a human operator holds the chat (`takeover`): the agent is silent."),
+    ]
     chat_analysis: Annotated[
         JsonObject | None, Field(description="Post-chat analysis; null until it is made.")
     ]

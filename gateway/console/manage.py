@@ -133,7 +133,7 @@ def outbound():
 
 def _start_outbound(form) -> tuple[str | None, str | None]:
     """(the chat started or already started by this form, None) or (None, the refusal in words)."""
-    from gateway.api.validation import normalize_e164
+    from gateway.api.schemas import normalize_e164
 
     key = (form.get("form_key") or "").strip()[:100]
     if not key:
