@@ -41,6 +41,16 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
+def module_browser() -> Iterator:
+    """One headless Chromium for a test module (use as a module-scoped fixture's body)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a gateway or worker process on these settings (and nothing from ours)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_"))}

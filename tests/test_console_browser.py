@@ -16,7 +16,7 @@ import pytest
 from playwright import sync_api as playwright_api
 
 from gateway.config import Settings
-from tests.browser import PHONE, Screenshots, launch_chromium, start_gateway
+from tests.browser import PHONE, Screenshots, module_browser, start_gateway
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_API_KEY, free_port, sign, wait_for
 from tests.payloads import inbound_sms, message_sid
 
@@ -99,10 +99,7 @@ def stack(tmp_path_factory, redis_server) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser(stack):
     """One headless Chromium for the module."""
-    with playwright_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
+    yield from module_browser()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright_api
 
-from tests.browser import PHONE, Screenshots, launch_chromium, wait_http
+from tests.browser import PHONE, Screenshots, module_browser, wait_http
 from tests.conftest import ROOT, free_port
 
 
@@ -109,10 +109,7 @@ def dev(tmp_path_factory) -> Iterator[tuple[str, str, Screenshots]]:
 @pytest.fixture(scope="module")
 def browser(dev):
     """One headless Chromium for the module."""
-    with playwright_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
+    yield from module_browser()
 
 
 def test_dev_phone_round_trip_with_an_mms_and_keywords(dev, browser, tmp_path):
