@@ -122,3 +122,105 @@ KEYWORD_CASES = [
     *[(word, "START") for word in ("START", "YES", "UNSTOP")],
     *[(word, "HELP") for word in ("HELP", "INFO")],
 ]
+
+
+# --- WhatsApp: the same webhook, `whatsapp:` addresses and WhatsApp's extra fields ------------------
+
+WHATSAPP_OUR = "whatsapp:" + OUR_NUMBER
+WHATSAPP_PERSON = "whatsapp:" + PERSON
+
+
+def inbound_whatsapp(
+    body: str = "Hello there", *, sid: str | None = None, **overrides: str
+) -> dict[str, str]:
+    """Twilio's inbound message webhook form for a WhatsApp text from PERSON to our WhatsApp sender."""
+    sid = sid or message_sid("SM")
+    form = {
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ProfileName": "Ana Souza",
+        "MessageType": "text",
+        "SmsSid": sid,
+        "WaId": PERSON.lstrip("+"),
+        "SmsStatus": "received",
+        "Body": body,
+        "To": WHATSAPP_OUR,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": WHATSAPP_PERSON,
+        "ApiVersion": "2010-04-01",
+    }
+    form.update(overrides)
+    return form
+
+
+# (case id, form, the Message.details recorded, a line the model must read for it).
+WHATSAPP_CASES = [
+    (
+        "text",
+        inbound_whatsapp("Do you deliver on Sundays?"),
+        {"profile_name": "Ana Souza", "wa_id": PERSON.lstrip("+"), "message_type": "text"},
+        "Do you deliver on Sundays?",
+    ),
+    (
+        "media",
+        inbound_whatsapp(
+            "",
+            sid=message_sid("MM"),
+            NumMedia="1",
+            MessageType="image",
+            MediaContentType0="image/jpeg",
+            MediaUrl0=media_url("wa1"),
+        ),
+        {"profile_name": "Ana Souza", "wa_id": PERSON.lstrip("+"), "message_type": "image"},
+        "[attachment",
+    ),
+    (
+        "button-reply",
+        inbound_whatsapp(
+            "Yes, confirm",
+            MessageType="button",
+            ButtonText="Yes, confirm",
+            ButtonPayload="confirm_booking_42",
+            OriginalRepliedMessageSender=WHATSAPP_OUR,
+            OriginalRepliedMessageSid=message_sid("MM"),
+        ),
+        {
+            "profile_name": "Ana Souza",
+            "wa_id": PERSON.lstrip("+"),
+            "message_type": "button",
+            "button_text": "Yes, confirm",
+            "button_payload": "confirm_booking_42",
+        },
+        "[tapped the button: Yes, confirm]",
+    ),
+    (
+        "location",
+        inbound_whatsapp(
+            "",
+            MessageType="location",
+            Latitude="37.7879277",
+            Longitude="-122.4075989",
+            Address="375 Beale St, San Francisco, CA 94105",
+            Label="Twilio HQ",
+        ),
+        {
+            "profile_name": "Ana Souza",
+            "wa_id": PERSON.lstrip("+"),
+            "message_type": "location",
+            "latitude": "37.7879277",
+            "longitude": "-122.4075989",
+            "address": "375 Beale St, San Francisco, CA 94105",
+            "label": "Twilio HQ",
+        },
+        "[shared a location: Twilio HQ, 375 Beale St, San Francisco, CA 94105 (37.7879277, -122.4075989)]",
+    ),
+    (
+        "profile-name-only",
+        inbound_whatsapp("hi", ProfileName="Zoë 🌻", MessageType="text"),
+        {"profile_name": "Zoë 🌻", "wa_id": PERSON.lstrip("+"), "message_type": "text"},
+        "hi",
+    ),
+]

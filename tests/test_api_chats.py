@@ -14,6 +14,7 @@ CHAT_KEYS = {
     "chat_id",
     "agent_id",
     "chat_type",
+    "channel",
     "chat_status",
     "user_id",
     "from_number",

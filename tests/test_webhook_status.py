@@ -104,7 +104,7 @@ def test_undelivered_with_error(client, outbound):
         ("accepted", "queued"),
         ("scheduled", "queued"),
         ("sending", "queued"),
-        ("read", "delivered"),
+        ("read", "read"),
         ("canceled", "failed"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.storage.models import Chat, Message, MessageStatus, Role
+from gateway.twilio.channels import describe_details
 from gateway.twilio.media import MAX_IMAGES, describe, is_image, pending_image
 
 
@@ -127,6 +128,7 @@ def _append(content: str | list, sep: str, text: str, pending: list[dict[str, An
 def message_text(row: Message, skip: list[int] | tuple[int, ...] = ()) -> str:
     """A message's text, with its attachments (but those at the `skip` indexes) described."""
     lines = [row.content.strip()] if row.content and row.content.strip() else []
+    lines.extend(describe_details(row.details))  # a WhatsApp button tapped, a location shared
     for index, item in enumerate(row.media or []):
         if index not in skip and isinstance(item, dict) and item.get("url"):
             lines.append(describe(item))

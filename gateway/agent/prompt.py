@@ -19,7 +19,7 @@ from typing import Any
 from gateway.agent.history import images_to_attach, merge_turns, recent_messages, trailing_user_messages
 from gateway.agent.memory import profile_section, summary_section
 from gateway.config import Settings
-from gateway.storage.models import Agent, Chat
+from gateway.storage.models import Agent, Channel, Chat, Message, Role
 
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
@@ -44,9 +44,38 @@ def system_prompt_section(chat: Chat, agent: Agent, settings: Settings) -> str |
     return text or None
 
 
-# The agent's prompt, then what memory adds (gateway/memory.py): the person's profile
-# (user_analysis_memory) and the chat's rolling summary (summary_memory), each headed.
-SYSTEM_SECTIONS: list[SystemSection] = [system_prompt_section, profile_section, summary_section]
+WHATSAPP_NOTE = (
+    "This conversation is on WhatsApp: you may format with *bold*, _italic_, ~strikethrough~, "
+    "```monospace``` and short lists."
+)
+
+
+def channel_section(chat: Chat, agent: Agent, settings: Settings) -> str | None:
+    """On WhatsApp: that it is WhatsApp, and the person's profile name from their newest message."""
+    if chat.channel != Channel.WHATSAPP.value:
+        return None
+    details = (
+        Message.select(Message.details)
+        .where(
+            (Message.chat == chat.chat_id)
+            & (Message.role == Role.USER.value)
+            & Message.details.is_null(False)
+        )
+        .order_by(Message.id.desc())
+        .scalar()
+    )
+    name = details.get("profile_name") if isinstance(details, dict) else None
+    return WHATSAPP_NOTE + (f" The person's WhatsApp profile name is {name}." if name else "")
+
+
+# The agent's prompt, what the channel adds, then what memory adds (gateway/memory.py): the
+# person's profile (user_analysis_memory) and the chat's rolling summary (summary_memory), each headed.
+SYSTEM_SECTIONS: list[SystemSection] = [
+    system_prompt_section,
+    channel_section,
+    profile_section,
+    summary_section,
+]
 
 
 def build_messages(

@@ -1,4 +1,5 @@
-"""Model output to SMS: markdown becomes plain text, long replies become parts."""
+"""Model output to SMS and WhatsApp: markdown becomes plain text (or WhatsApp's formatting), long
+replies become parts."""
 
 from __future__ import annotations
 
@@ -17,45 +18,63 @@ _EXTRA_BLANK_LINES = re.compile(r"\n{3,}")
 
 def to_plain_text(markdown: str) -> str:
     """Markdown as a phone shows it: no emphasis marks, headers or fences; lists as lines."""
+    return _render(markdown, whatsapp=False)
+
+
+def to_whatsapp_text(markdown: str) -> str:
+    """Markdown in WhatsApp's own formatting: *bold*, _italic_, ~strike~, ```monospace```, lists."""
+    return _render(markdown, whatsapp=True)
+
+
+# WhatsApp's marks for markdown's inline styles (the plain-text rendering drops them).
+_WHATSAPP_MARKS = {"strong": "*", "em": "_", "s": "~", "code_inline": "`"}
+
+
+def _render(markdown: str, *, whatsapp: bool) -> str:
+    """Markdown as plain text, or with WhatsApp's marks when `whatsapp`."""
     if not markdown or not markdown.strip():
         return ""
     root = SyntaxTreeNode(_md.parse(markdown))
-    text = "\n\n".join(_blocks(root.children))
+    text = "\n\n".join(_blocks(root.children, whatsapp))
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return _EXTRA_BLANK_LINES.sub("\n\n", text).strip()
 
 
-def _blocks(nodes: list[SyntaxTreeNode]) -> list[str]:
-    """Each block node as plain text, empty ones dropped."""
+def _blocks(nodes: list[SyntaxTreeNode], whatsapp: bool = False) -> list[str]:
+    """Each block node as text, empty ones dropped."""
     out = []
     for node in nodes:
-        text = _block(node)
+        text = _block(node, whatsapp)
         if text.strip():
             out.append(text)
     return out
 
 
-def _block(node: SyntaxTreeNode) -> str:
+def _block(node: SyntaxTreeNode, whatsapp: bool = False) -> str:
     """One block: paragraph, heading, list, code, quote, table."""
     kind = node.type
+    if kind == "heading" and whatsapp:
+        return _marked("*", _inline(node.children, whatsapp))
     if kind in ("paragraph", "heading"):
-        return _inline(node.children)
+        return _inline(node.children, whatsapp)
     if kind in ("fence", "code_block"):
-        return node.content.rstrip("\n")
+        code = node.content.rstrip("\n")
+        return f"```\n{code}\n```" if whatsapp and code.strip() else code
     if kind in ("bullet_list", "ordered_list"):
-        return _list(node)
+        return _list(node, whatsapp)
     if kind == "blockquote":
-        return "\n\n".join(_blocks(node.children))
+        inner = "\n\n".join(_blocks(node.children, whatsapp))
+        return "\n".join("> " + line for line in inner.split("\n")) if whatsapp else inner
     if kind == "table":
-        return _table(node)
+        return _table(node, whatsapp)
     if kind == "html_block":
         return _TAG.sub("", node.content).strip()
     if kind == "hr":
         return ""
-    return "\n\n".join(_blocks(node.children)) if node.children else node.content
+    return "\n\n".join(_blocks(node.children, whatsapp)) if node.children else node.content
 
 
-def _list(node: SyntaxTreeNode) -> str:
+def _list(node: SyntaxTreeNode, whatsapp: bool = False) -> str:
     """List items one per line, "- " or "1. ", nested items indented."""
     ordered = node.type == "ordered_list"
     number = int(node.attrs.get("start", 1) or 1) if ordered else 0
@@ -63,34 +82,46 @@ def _list(node: SyntaxTreeNode) -> str:
     for item in node.children:
         marker = f"{number}. " if ordered else "- "
         number += 1
-        body = "\n".join(_blocks(item.children)).split("\n")
+        body = "\n".join(_blocks(item.children, whatsapp)).split("\n")
         lines.append(marker + body[0])
         lines.extend(("  " + line) if line else line for line in body[1:])
     return "\n".join(lines)
 
 
-def _table(node: SyntaxTreeNode) -> str:
+def _table(node: SyntaxTreeNode, whatsapp: bool = False) -> str:
     """Table rows as lines of cells joined by " | "."""
     rows = []
     for section in node.children:
         for row in section.children:
-            rows.append(" | ".join(_inline(cell.children) for cell in row.children))
+            rows.append(" | ".join(_inline(cell.children, whatsapp) for cell in row.children))
     return "\n".join(rows)
 
 
-def _inline(nodes: list[SyntaxTreeNode]) -> str:
-    """Inline content without markup; links as "text (url)"."""
+def _marked(mark: str, text: str) -> str:
+    """`text` between WhatsApp marks, which must touch the words (spaces go outside them)."""
+    stripped = text.strip()
+    if not stripped:
+        return text
+    start = text[: len(text) - len(text.lstrip())]
+    end = text[len(text.rstrip()) :]
+    return f"{start}{mark}{stripped}{mark}{end}"
+
+
+def _inline(nodes: list[SyntaxTreeNode], whatsapp: bool = False) -> str:
+    """Inline content without markup (or in WhatsApp's marks); links as "text (url)"."""
     parts: list[str] = []
     for node in nodes:
         kind = node.type
         if kind == "inline":
-            parts.append(_inline(node.children))
+            parts.append(_inline(node.children, whatsapp))
+        elif kind == "code_inline" and whatsapp:
+            parts.append(_marked("`", node.content))
         elif kind in ("text", "code_inline"):
             parts.append(node.content)
         elif kind in ("softbreak", "hardbreak"):
             parts.append("\n")
         elif kind == "link":
-            label = _inline(node.children)
+            label = _inline(node.children, whatsapp)
             href = str(node.attrs.get("href", ""))
             parts.append(_link(label, href))
         elif kind == "image":
@@ -98,8 +129,10 @@ def _inline(nodes: list[SyntaxTreeNode]) -> str:
             parts.append(_link(alt, str(node.attrs.get("src", ""))))
         elif kind == "html_inline":
             continue
+        elif whatsapp and kind in _WHATSAPP_MARKS:
+            parts.append(_marked(_WHATSAPP_MARKS[kind], _inline(node.children, whatsapp)))
         elif node.children:  # strong, em, s: keep the words, drop the marks
-            parts.append(_inline(node.children))
+            parts.append(_inline(node.children, whatsapp))
         else:
             parts.append(node.content)
     return "".join(parts)

@@ -12,7 +12,8 @@ from gateway.api.paging import page_of_chats
 from gateway.api.schemas import ID_PATTERN, ChatCreate, ChatDetail, ChatList, ChatListQuery, ChatUpdate, is_id
 from gateway.api.serializers import chat_detail_out, chat_out
 from gateway.storage.db import database
-from gateway.storage.models import Chat, ChatStatus, ChatType, Message, utcnow
+from gateway.storage.models import Channel, Chat, ChatStatus, ChatType, Message, utcnow
+from gateway.twilio.channels import address_for
 
 
 def get_chat_or_404(chat_id: str) -> Chat:
@@ -83,10 +84,14 @@ def list_chats(query: ChatListQuery) -> ChatList:
         rows = rows.where(Chat.chat_status == query.chat_status)
     if query.chat_type is not None:
         rows = rows.where(Chat.chat_type == query.chat_type)
+    if query.channel is not None:
+        rows = rows.where(Chat.channel == query.channel)
     if query.user_id is not None:
         rows = rows.where(Chat.user_id == query.user_id)
     if query.phone_number is not None:  # SMS chats: to_number is the person, from_number ours
-        rows = rows.where(Chat.to_number == query.phone_number)
+        rows = rows.where(
+            Chat.to_number.in_([query.phone_number, address_for(Channel.WHATSAPP, query.phone_number)])
+        )
     page, has_more, key = page_of_chats(rows, limit=query.limit, cursor=query.pagination_key)
     return ChatList(items=[chat_out(c) for c in page], has_more=has_more, pagination_key=key)
 

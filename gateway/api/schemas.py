@@ -26,7 +26,7 @@ from gateway.agent.analysis import AnalysisField, AnalysisFields
 from gateway.agent.text import SMS_MAX_CHARS
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
-from gateway.storage.models import ChatStatus, ChatType, MessageKind, MessageStatus, Role
+from gateway.storage.models import Channel, ChatStatus, ChatType, MessageKind, MessageStatus, Role
 
 # Public ids travel in URLs: letters, digits, `_` and `-` only, matched in full (no trailing newline).
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -143,6 +143,10 @@ Variables = Annotated[
     Field(description="Values for the {{variables}} of the agent's system prompt."),
 ]
 ChatTypeName = Literal[tuple(t.value for t in ChatType)]  # type: ignore[valid-type]
+ChannelName = Annotated[
+    Literal[tuple(c.value for c in Channel)],  # type: ignore[valid-type]
+    Field(description="`sms`, or `whatsapp` (Twilio's `whatsapp:` addresses); API chats say `sms`."),
+]
 ChatStatusName = Literal[tuple(s.value for s in ChatStatus)]  # type: ignore[valid-type]
 MessageStatusName = Literal[tuple(s.value for s in MessageStatus)]  # type: ignore[valid-type]
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
@@ -406,6 +410,7 @@ class ChatListQuery(Query):
     agent_id: Annotated[str | None, Field(pattern=ID_PATTERN, description="Only this agent's chats.")] = None
     chat_status: ChatStatusName | None = None
     chat_type: ChatTypeName | None = None
+    channel: ChannelName | None = None
     user_id: Annotated[
         str | None, Field(min_length=1, max_length=200, description="Only this user's chats.")
     ] = None
@@ -416,8 +421,8 @@ class ChatListQuery(Query):
         Field(
             min_length=1,
             max_length=32,
-            description="Only SMS chats with this person (any spelling of the number; a `+` sent unencoded, "
-            "which arrives as a space, is read as `+`).",
+            description="Only SMS and WhatsApp chats with this person (any spelling of the number; a `+` "
+            "sent unencoded, which arrives as a space, is read as `+`).",
             examples=["+14155550123"],
         ),
     ] = None
@@ -455,7 +460,10 @@ class Message(Out):
     content: str
     media: list[Media]
     created_at: Timestamp
-    status: Annotated[MessageStatusName | None, Field(description="SMS delivery state; null in API chats.")]
+    status: Annotated[
+        MessageStatusName | None,
+        Field(description="SMS/WhatsApp delivery state (`read`: WhatsApp only); null in API chats."),
+    ]
     error_code: Annotated[str | None, Field(description="Twilio's error code, SMS only.")]
 
 
@@ -472,10 +480,15 @@ class Chat(Out):
     chat_id: Id
     agent_id: Id
     chat_type: ChatTypeName
+    channel: ChannelName
     chat_status: ChatStatusName
     user_id: str | None
-    from_number: Annotated[str | None, Field(description="SMS chats: our number.")]
-    to_number: Annotated[str | None, Field(description="SMS chats: the person's number.")]
+    from_number: Annotated[
+        str | None, Field(description="SMS chats: our number (WhatsApp: `whatsapp:+<number>`).")
+    ]
+    to_number: Annotated[
+        str | None, Field(description="SMS chats: the person's number (WhatsApp: `whatsapp:+<number>`).")
+    ]
     metadata: Annotated[
         JsonObject,
         Field(description="Yours, as sent (object key order is not kept: PostgreSQL stores it as jsonb)."),

@@ -6,6 +6,7 @@ from peewee import IntegrityError
 
 from gateway.storage.db import database
 from gateway.storage.models import Agent, PhoneNumber
+from gateway.twilio.channels import bare_number
 
 DEFAULT_AGENT_ID = "agent_default"
 DEFAULT_SYSTEM_PROMPT = (
@@ -37,16 +38,16 @@ def default_agent() -> Agent:
 
 
 def inbound_agent_for(our_number: str) -> Agent:
-    """The agent that answers texts to `our_number`."""
-    number = PhoneNumber.get_or_none(PhoneNumber.phone_number == our_number)
+    """The agent that answers texts to `our_number` (a `whatsapp:` address: its number's agent)."""
+    number = PhoneNumber.get_or_none(PhoneNumber.phone_number == bare_number(our_number))
     if number is not None and number.inbound_agent_id:
         return number.inbound_agent
     return default_agent()
 
 
 def outbound_agent_for(our_number: str) -> Agent:
-    """The agent that starts conversations from `our_number`."""
-    number = PhoneNumber.get_or_none(PhoneNumber.phone_number == our_number)
+    """The agent that starts conversations from `our_number` (or its `whatsapp:` address)."""
+    number = PhoneNumber.get_or_none(PhoneNumber.phone_number == bare_number(our_number))
     if number is not None and number.outbound_agent_id:
         return number.outbound_agent
     if number is not None and number.inbound_agent_id:

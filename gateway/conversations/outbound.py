@@ -158,11 +158,11 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
         agent = Agent.get_by_id(chat.agent_id)
         parts = _opening_parts(chat_id)
         prompt = None if parts else build_messages(chat, agent, settings)
-    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
+    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     try:
         if prompt is not None:
             prompt.append({"role": "user", "content": OPENING_INSTRUCTION})
-            completion, texts = ask_for_sms(settings, agent, prompt)
+            completion, texts = ask_for_sms(settings, agent, prompt, channel=chat.channel)
             with database.connection_context(), database.atomic():
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):

@@ -32,13 +32,14 @@ from datetime import datetime, timedelta
 
 from gateway.agent import llm, spend
 from gateway.agent.prompt import build_messages
-from gateway.agent.text import split_sms, to_plain_text
+from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
 from gateway.config import Settings
 from gateway.conversations.refusals import refuse_reply
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
     Agent,
+    Channel,
     Chat,
     ChatStatus,
     ChatType,
@@ -87,6 +88,7 @@ class SmsTarget:
     chat_id: str
     our_number: str
     their_number: str
+    channel: str = Channel.SMS.value
 
 
 def status_callback_url(settings: Settings) -> str | None:
@@ -116,7 +118,7 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 agent = Agent.get_by_id(chat.agent_id)
                 if chat.chat_type != ChatType.SMS.value or not (chat.from_number and chat.to_number):
                     raise PermanentError("Only SMS chats are answered by SMS.", "not_sms_chat")
-                target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
+                target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
                 # Every text of the chat still waiting gets one answer, newer ones included:
                 # a burst of texts is answered as one, and their own jobs find them answered.
                 covered = _pending_ids(target.chat_id)
@@ -155,7 +157,7 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 prompt = media.resolve_images(settings, prompt)
                 completion: llm.Completion | None = None
                 try:
-                    completion, parts = ask_for_sms(settings, agent, prompt)
+                    completion, parts = ask_for_sms(settings, agent, prompt, channel=target.channel)
                 except GatewayError as exc:
                     if not _falls_back(agent, exc, last_attempt):
                         raise
@@ -194,8 +196,13 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         raise
 
 
-def ask_for_sms(settings: Settings, agent: Agent, prompt: list[dict]) -> tuple[llm.Completion, list[str]]:
-    """The agent's answer to `prompt`, as plain-text SMS parts; an empty answer is transient."""
+def ask_for_sms(
+    settings: Settings, agent: Agent, prompt: list[dict], *, channel: str = Channel.SMS.value
+) -> tuple[llm.Completion, list[str]]:
+    """The agent's answer to `prompt`, as parts formatted for the channel; an empty answer is transient.
+
+    SMS gets plain text; WhatsApp gets the markdown in WhatsApp's own formatting.
+    """
     completion = llm.complete(
         settings,
         model=agent.model or settings.openai_model,
@@ -204,7 +211,8 @@ def ask_for_sms(settings: Settings, agent: Agent, prompt: list[dict]) -> tuple[l
         max_tokens=agent.max_tokens,
     )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
-    text = to_plain_text(completion.text) or completion.text.strip()
+    render = to_whatsapp_text if channel == Channel.WHATSAPP.value else to_plain_text
+    text = render(completion.text) or completion.text.strip()
     parts = split_sms(text, max_parts=reply_parts_cap(agent))
     if not parts:
         raise TransientError("The model's answer was empty once formatted for SMS.", "empty_response")
@@ -522,7 +530,7 @@ def close_silent_chats(
         cutoff = now - timedelta(milliseconds=agent.end_chat_after_silence_ms)
         with database.connection_context():
             chats = list(
-                Chat.select(Chat.chat_id, Chat.chat_type, Chat.from_number, Chat.to_number)
+                Chat.select(Chat.chat_id, Chat.chat_type, Chat.channel, Chat.from_number, Chat.to_number)
                 .where(
                     (Chat.agent == agent.agent_id)
                     & (Chat.chat_status == ChatStatus.ONGOING.value)
@@ -568,7 +576,7 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
     The chat is already ended and this runs from a periodic sweep: raising would only hide the
     other chats' closings behind one person's bad number.
     """
-    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number)
+    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     with database.connection_context():
         if _opted_out(target):
             return

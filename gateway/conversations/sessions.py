@@ -16,6 +16,7 @@ from peewee import JOIN, IntegrityError
 from gateway.conversations.agents import inbound_agent_for
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
+from gateway.twilio.channels import channel_of
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def sms_session(our_number: str, their_number: str, now: datetime | None = None)
                 chat_id=chat_id,
                 agent=agent.agent_id,
                 chat_type=ChatType.SMS.value,
+                channel=channel_of(our_number).value,
                 from_number=our_number,
                 to_number=their_number,
                 ongoing_pair=pair,

@@ -39,6 +39,13 @@ class ChatType(StrEnum):
     SMS = "sms_chat"
 
 
+class Channel(StrEnum):
+    """Which messaging channel an SMS-type chat runs on (Twilio delivers both through one webhook)."""
+
+    SMS = "sms"
+    WHATSAPP = "whatsapp"
+
+
 class ChatStatus(StrEnum):
     """Where a chat is in its life."""
 
@@ -61,6 +68,7 @@ class MessageStatus(StrEnum):
     QUEUED = "queued"
     SENT = "sent"
     DELIVERED = "delivered"
+    READ = "read"  # WhatsApp: the person opened it (only ever after delivered)
     UNDELIVERED = "undelivered"
     FAILED = "failed"
 
@@ -145,6 +153,10 @@ class PhoneNumber(BaseModel):
     outbound_agent = ForeignKeyField(Agent, null=True, backref="outbound_numbers", on_delete="RESTRICT")
     twilio_sid = CharField(max_length=64, null=True)
     timezone = CharField(max_length=64, null=True)  # IANA name; None: guessed from the number
+    # Sends go through this Messaging Service (MessagingServiceSid instead of From); None: From.
+    messaging_service_sid = CharField(max_length=64, null=True)
+    # Messages per second this number may send (shared by every worker); None: no pacing.
+    max_mps = DoubleField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
 
@@ -170,6 +182,7 @@ class Chat(BaseModel):
     agent = ForeignKeyField(Agent, backref="chats", on_delete="RESTRICT")
     chat_type = CharField(max_length=16, default=ChatType.API.value)
     chat_status = CharField(max_length=16, default=ChatStatus.ONGOING.value)
+    channel = CharField(max_length=16, default=Channel.SMS.value)  # Channel; API chats: sms
     user_id = CharField(max_length=200, null=True)
     # Wide enough for `whatsapp:+<E.164>` addresses (migration 0008).
     from_number = CharField(max_length=32, null=True)  # SMS: our number
@@ -198,6 +211,7 @@ class Chat(BaseModel):
             (("chat_status", "start_timestamp", "chat_id"), False),
             (("user_id", "start_timestamp", "chat_id"), False),
             (("chat_type", "start_timestamp", "chat_id"), False),
+            (("channel", "start_timestamp", "chat_id"), False),
             (("chat_status", "last_activity_at"), False),
             # A person's SMS chats (user profile memory, gateway/memory.py).
             (("to_number", "chat_type"), False),
@@ -214,6 +228,9 @@ class Message(BaseModel):
     content = TextField(default="")
     truncated = BooleanField(default=False)  # inbound Body longer than Twilio's 1600 characters
     media = JSONField(default=list)  # [{"url", "content_type"}]
+    # WhatsApp's extra webhook fields (profile_name, wa_id, button_text, button_payload, latitude,
+    # longitude, address, label) on inbound; a template's content_sid/content_variables on outbound.
+    details = JSONField(null=True)
     twilio_sid = CharField(max_length=64, null=True, unique=True)
     status = CharField(max_length=16, null=True)  # SMS only
     error_code = CharField(max_length=16, null=True)

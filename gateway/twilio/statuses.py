@@ -3,8 +3,9 @@
 Twilio reports a message's life as queued/accepted/scheduled -> sending -> sent ->
 delivered|undelivered|failed (and read, canceled, partially_delivered). We keep the states a user
 of the API acts on (`MessageStatus`): every step before Twilio handed the message to the carrier is
-"queued", "read" is "delivered", "canceled" is "failed". Callbacks arrive out of order, so a status
-is recorded only when it ranks higher than the stored one: nothing leaves a final state.
+"queued", "canceled" is "failed", and WhatsApp's "read" is kept: it follows "delivered". Callbacks
+arrive out of order, so a status is recorded only when it ranks higher than the stored one: a
+failure is never left, and only "read" follows "delivered".
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TWILIO_STATUSES: dict[str, MessageStatus] = {
     "sending": MessageStatus.QUEUED,
     "sent": MessageStatus.SENT,
     "delivered": MessageStatus.DELIVERED,
-    "read": MessageStatus.DELIVERED,
+    "read": MessageStatus.READ,
     "undelivered": MessageStatus.UNDELIVERED,
     "partially_delivered": MessageStatus.UNDELIVERED,
     "failed": MessageStatus.FAILED,
@@ -40,8 +41,12 @@ RANK: dict[str, int] = {
     MessageStatus.DELIVERED.value: 2,
     MessageStatus.UNDELIVERED.value: 2,
     MessageStatus.FAILED.value: 2,
+    # WhatsApp reports "read" after "delivered" (possibly before it, out of order); it replaces
+    # the delivery states but never a failure, and nothing replaces it.
+    MessageStatus.READ.value: 3,
 }
-FINAL_STATUSES = frozenset(status for status, rank in RANK.items() if rank == max(RANK.values()))
+FAILURES = frozenset({MessageStatus.UNDELIVERED.value, MessageStatus.FAILED.value})
+FINAL_STATUSES = frozenset(status for status, rank in RANK.items() if rank >= 2)
 
 # Twilio error 21610: the recipient replied STOP; Twilio refuses to message them from this number.
 UNSUBSCRIBED_RECIPIENT = "21610"
@@ -55,8 +60,8 @@ def map_twilio_status(twilio_status: str | None) -> MessageStatus | None:
 
 
 def lower_statuses(status: MessageStatus) -> list[str]:
-    """The stored statuses that `status` may replace."""
-    return [stored for stored, rank in RANK.items() if rank < RANK[status.value]]
+    """The stored statuses that `status` may replace (a failure is replaced by nothing)."""
+    return [stored for stored, rank in RANK.items() if rank < RANK[status.value] and stored not in FAILURES]
 
 
 def record_status(

@@ -1,4 +1,7 @@
-"""Twilio-facing webhooks: inbound SMS/MMS and message status callbacks.
+"""Twilio-facing webhooks: inbound SMS/MMS/WhatsApp and message status callbacks.
+
+WhatsApp arrives on the same webhook with `whatsapp:` addresses: it is recorded the same way,
+in a chat of its own (channel `whatsapp`), with WhatsApp's extra fields kept on the message.
 
 Inbound, top to bottom: verify the signature (gateway/signature.py), read the form, record the
 message with its chat and contact in one transaction (gateway/sessions.py), apply STOP/START/HELP
@@ -31,8 +34,9 @@ from gateway.conversations.sessions import (
 )
 from gateway.queue import enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
-from gateway.storage.models import Chat, Message, MessageStatus, ReplyState, Role, utcnow
+from gateway.storage.models import Channel, Chat, Message, MessageStatus, ReplyState, Role, utcnow
 from gateway.twilio import fields
+from gateway.twilio.channels import channel_of, whatsapp_details
 from gateway.twilio.keywords import Keyword, match_keyword
 from gateway.twilio.signature import twilio_signature_required
 from gateway.twilio.statuses import (
@@ -75,6 +79,7 @@ class InboundSms:
     media: list[dict[str, str]] = field(default_factory=list)
     opt_out_type: str | None = None  # STOP/START/HELP when Twilio's Advanced Opt-Out matched
     truncated: bool = False  # Body was longer than Twilio's 1600 characters and was cut
+    details: dict[str, str] | None = None  # WhatsApp's extra fields (gateway/twilio/channels.py)
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ def parse_inbound(form: Mapping[str, str]) -> InboundSms:
         media=media,
         opt_out_type=fields.clean_line(form.get("OptOutType"), 32) or None,
         truncated=truncated,
+        details=whatsapp_details(form) if channel_of(from_number) is Channel.WHATSAPP else None,
     )
 
 
@@ -171,6 +177,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 content=sms.body,
                 truncated=sms.truncated,
                 media=sms.media,
+                details=sms.details,
                 twilio_sid=sms.sid,
                 status=MessageStatus.RECEIVED.value,
                 from_number=theirs,
