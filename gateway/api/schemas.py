@@ -19,7 +19,15 @@ import zoneinfo
 from typing import Annotated, Any, Literal
 
 import phonenumbers
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
@@ -128,6 +136,25 @@ E164 = Annotated[
     Field(
         description="A phone number in E.164 form, e.g. +14155550123 (other spellings of a valid number "
         "are accepted and stored in E.164 form).",
+        examples=["+14155550123"],
+    ),
+]
+
+
+def _without_whatsapp_prefix(value: Any) -> Any:
+    """`whatsapp:+1415...` is read as its number: the request's `channel` decides the channel."""
+    if isinstance(value, str) and value[:9].lower() == "whatsapp:":
+        return value[9:]
+    return value
+
+
+ChannelNumber = Annotated[
+    str,
+    BeforeValidator(_without_whatsapp_prefix),
+    AfterValidator(_e164),
+    Field(
+        description="A phone number in E.164 form, e.g. +14155550123 (other spellings of a valid number are "
+        "accepted; a `whatsapp:` prefix is accepted too, and added by the gateway on `channel` whatsapp).",
         examples=["+14155550123"],
     ),
 ]
@@ -540,10 +567,29 @@ class CompletionResponse(Out):
 
 
 class SmsChatCreate(Body):
-    """POST /v1/sms-chats: start an outbound SMS conversation."""
+    """POST /v1/sms-chats: start an outbound SMS or WhatsApp conversation."""
 
-    from_number: Annotated[E164, Field(description="Our Twilio number the conversation comes from.")]
-    to_number: Annotated[E164, Field(description="The person's number.")]
+    from_number: Annotated[ChannelNumber, Field(description="Our Twilio number the conversation comes from.")]
+    to_number: Annotated[ChannelNumber, Field(description="The person's number.")]
+    channel: Annotated[
+        Literal[tuple(c.value for c in Channel)],  # type: ignore[valid-type]
+        Field(
+            description="`sms`, or `whatsapp`: sent from our number's WhatsApp sender. A free-form WhatsApp "
+            "message may start a conversation only within 24 h of the person's last message to us "
+            "(else 409 `outside_session_window`); outside it, send an approved template (`content_sid`)."
+        ),
+    ] = Channel.SMS.value
+    content_sid: Annotated[
+        str | None,
+        Field(
+            pattern=r"^HX[0-9a-fA-F]{32}$",
+            description="A Content API template (HX...) sent as the opening message instead of `message`.",
+        ),
+    ] = None
+    content_variables: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=1600)]] | None,
+        Field(max_length=100, description='Values for the template\'s placeholders, e.g. {"1": "Ada"}.'),
+    ] = None
     agent_id: Annotated[
         str | None,
         Field(
@@ -571,3 +617,16 @@ class SmsChatCreate(Body):
     ] = Field(default_factory=list)
     metadata: JsonObject = Field(default_factory=dict)
     dynamic_variables: Variables = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_matches_channel(cls, data: Any) -> Any:
+        """A `whatsapp:` number says WhatsApp: on `channel` sms it is refused rather than texted."""
+        if isinstance(data, dict) and data.get("channel", Channel.SMS.value) != Channel.WHATSAPP.value:
+            for name in ("from_number", "to_number"):
+                value = data.get(name)
+                if isinstance(value, str) and value[:9].lower() == "whatsapp:":
+                    raise PydanticCustomError(
+                        "channel", 'a whatsapp: number needs "channel": "whatsapp" ({name})', {"name": name}
+                    )
+        return data

@@ -1,4 +1,4 @@
-"""POST /v1/sms-chats: start an SMS conversation from one of our numbers (the outbound trigger).
+"""POST /v1/sms-chats: start an SMS or WhatsApp conversation from one of our numbers (the outbound trigger).
 
 Everything is recorded in one transaction before anything is sent: the chat, the opening text
 when the caller wrote one, and the `Idempotency-Key` with the response, so a retried request
@@ -27,6 +27,7 @@ from gateway.conversations.outbound import OutboundRefused, OutboundRequest, sta
 from gateway.queue import enqueue_opening, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import IdempotencyKey, PhoneNumber
+from gateway.twilio.channels import address_for
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,18 @@ def _request_hash(body: SmsChatCreate) -> str:
     "/sms-chats",
     operation_id="createSmsChat",
     tag="chats",
-    summary="Start an outbound SMS conversation",
-    description="Without `message` the agent writes the opening text. The text is sent by a worker; the "
-    "response does not wait for Twilio.",
+    summary="Start an outbound SMS or WhatsApp conversation",
+    description="Without `message` (or `content_sid`) the agent writes the opening text. The text is sent "
+    "by a worker; the response does not wait for Twilio. With `channel` whatsapp the numbers become "
+    "`whatsapp:` addresses; `content_sid`/`content_variables` send a Content API template (Twilio's "
+    "`ContentSid`/`ContentVariables`), the only way to start a WhatsApp conversation more than 24 h "
+    "after the person's last message.",
     body=SmsChatCreate,
     ok=(202, ChatDetail, "The new chat (chat_type sms_chat)."),
     errors={
         409: "The Idempotency-Key was used with another body (`idempotency_key_reused`), the person opted "
-        "out (`opted_out`), or a conversation with them is ongoing (`chat_ongoing`).",
+        "out (`opted_out`), a conversation with them is ongoing (`chat_ongoing`), or a free-form WhatsApp "
+        "start is outside the 24-hour session window (`outside_session_window`: send a template).",
         422: "A field is invalid: `from_number` is not one of our numbers, `to_number` is not a valid "
         "number, `agent_id` names no agent, ...",
     },
@@ -92,11 +97,20 @@ def create_sms_chat(body: SmsChatCreate):
         )
     if from_number == to_number:
         raise invalid_field("to_number", "must differ from from_number")
+    if body.content_variables is not None and body.content_sid is None:
+        raise invalid_field("content_variables", "needs content_sid: they fill that template's placeholders")
+    if body.content_sid is not None and (body.message is not None or body.media_urls):
+        raise invalid_field(
+            "content_sid", "a template is the whole opening message: leave out message and media_urls"
+        )
     agent = agent_for_field("agent_id", body.agent_id) or outbound_agent_for(from_number)
     outbound = OutboundRequest(
         agent=agent,
-        from_number=from_number,
-        to_number=to_number,
+        from_number=address_for(body.channel, from_number),
+        to_number=address_for(body.channel, to_number),
+        channel=body.channel,
+        content_sid=body.content_sid,
+        content_variables=body.content_variables,
         message=body.message,
         media_urls=tuple(body.media_urls),
         metadata=body.metadata,

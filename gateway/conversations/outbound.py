@@ -23,6 +23,7 @@ from gateway.errors import PermanentError, TransientError
 from gateway.storage.db import database
 from gateway.storage.models import (
     Agent,
+    Channel,
     Chat,
     ChatStatus,
     ChatType,
@@ -32,6 +33,7 @@ from gateway.storage.models import (
     Role,
     utcnow,
 )
+from gateway.twilio.channels import OUTSIDE_SESSION_WINDOW, SESSION_WINDOW_HOURS, session_window_open
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class OutboundRequest:
     media_urls: tuple[str, ...]
     metadata: dict
     dynamic_variables: dict
+    channel: str = Channel.SMS.value  # from_number/to_number are the channel's addresses
+    content_sid: str | None = None  # a Content API template as the opening message
+    content_variables: dict | None = None
 
 
 def start_sms_chat(req: OutboundRequest) -> Chat:
@@ -81,6 +86,18 @@ def start_sms_chat(req: OutboundRequest) -> Chat:
             "nothing was sent. They can opt back in by texting START.",
             "to_number",
         )
+    if (
+        req.channel == Channel.WHATSAPP.value
+        and req.content_sid is None
+        and not session_window_open(req.from_number, req.to_number)
+    ):
+        raise OutboundRefused(
+            409,
+            OUTSIDE_SESSION_WINDOW,
+            f"{req.to_number} has not written to {req.from_number} in the last {SESSION_WINDOW_HOURS} hours, "
+            "so WhatsApp allows only an approved template: send content_sid (and content_variables). "
+            "Nothing was sent.",
+        )
     pair = f"{req.from_number}|{req.to_number}"
     ongoing = Chat.get_or_none(Chat.ongoing_pair == pair)
     if ongoing is not None:
@@ -96,6 +113,7 @@ def start_sms_chat(req: OutboundRequest) -> Chat:
             chat = Chat.create(
                 agent=req.agent.agent_id,
                 chat_type=ChatType.SMS.value,
+                channel=req.channel,
                 chat_status=ChatStatus.ONGOING.value,
                 from_number=req.from_number,
                 to_number=req.to_number,
@@ -109,15 +127,23 @@ def start_sms_chat(req: OutboundRequest) -> Chat:
         raise OutboundRefused(
             409, "chat_ongoing", f"A conversation between {req.from_number} and {req.to_number} just started."
         ) from exc
-    if req.message is not None or req.media_urls:
+    if req.content_sid is not None:
+        template = {"content_sid": req.content_sid, "content_variables": req.content_variables or {}}
+        store_opening(chat, [""], [], None, details=template)
+    elif req.message is not None or req.media_urls:
         store_opening(chat, split_sms(req.message) if req.message else [""], list(req.media_urls), None)
     return chat
 
 
 def store_opening(
-    chat: Chat, parts: list[str], media_urls: list[str], completion: llm.Completion | None
+    chat: Chat,
+    parts: list[str],
+    media_urls: list[str],
+    completion: llm.Completion | None,
+    *,
+    details: dict | None = None,
 ) -> None:
-    """Store the opening text's parts (the first carries the media) before anything is sent."""
+    """Store the opening text's parts (the first carries the media, or the template `details`)."""
     now = utcnow()
     Message.insert_many(
         [
@@ -126,6 +152,7 @@ def store_opening(
                 "role": Role.AGENT.value,
                 "content": text,
                 "media": [{"url": url, "content_type": None} for url in media_urls] if index == 0 else [],
+                "details": details if index == 0 else None,
                 "status": MessageStatus.QUEUED.value,
                 "from_number": chat.from_number,
                 "to_number": chat.to_number,
@@ -143,7 +170,14 @@ def store_opening(
 def _opening_parts(chat_id: str) -> list[Message]:
     """The agent parts that open the chat (they answer no inbound message), in order."""
     return list(
-        Message.select(Message.id, Message.content, Message.media, Message.part_index, Message.twilio_sid)
+        Message.select(
+            Message.id,
+            Message.content,
+            Message.media,
+            Message.details,
+            Message.part_index,
+            Message.twilio_sid,
+        )
         .where((Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null())
         .order_by(Message.part_index, Message.id)
     )

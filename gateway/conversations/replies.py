@@ -51,6 +51,7 @@ from gateway.storage.models import (
     utcnow,
 )
 from gateway.twilio import media
+from gateway.twilio.channels import OUTSIDE_WINDOW_ERROR, session_window_open
 from gateway.twilio.client import send_sms
 from gateway.twilio.statuses import map_twilio_status
 
@@ -131,6 +132,12 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                     _set_reply_state(covered, ReplyState.NONE)
                     return ReplyOutcome("held", message_id, covered=tuple(covered))
                 anchor = _stored_reply_anchor(target.chat_id)
+                if anchor is None and not _may_send_free_form(target):
+                    raise PermanentError(
+                        "More than 24 hours passed since the person's last WhatsApp message; WhatsApp "
+                        "allows only an approved template now.",
+                        OUTSIDE_WINDOW_ERROR,
+                    )
                 # The spend guard counts this reply, or refuses it (gateway/agent/spend.py).
                 refusal = (
                     spend.admit_reply(settings, agent, target.their_number, newest)
@@ -320,7 +327,14 @@ def _send_unsent_parts(settings: Settings, target: SmsTarget, anchor: int) -> in
     """Send, in order, each part of the reply to `anchor` that has no SID; return how many."""
     with database.connection_context():
         parts = list(
-            Message.select(Message.id, Message.content, Message.media, Message.part_index, Message.twilio_sid)
+            Message.select(
+                Message.id,
+                Message.content,
+                Message.media,
+                Message.details,
+                Message.part_index,
+                Message.twilio_sid,
+            )
             .where((Message.reply_to == anchor) & (Message.role == Role.AGENT.value))
             .order_by(Message.part_index, Message.id)
         )
@@ -344,6 +358,7 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                     continue  # another attempt sent it a moment ago
             raise TransientError("Another attempt is sending this reply right now.", IN_PROGRESS)
         try:
+            template = part.details if isinstance(part.details, dict) else {}
             sid, status = send_sms(
                 settings,
                 from_=target.our_number,
@@ -351,6 +366,8 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                 body=part.content,
                 media_urls=[m["url"] for m in part.media or [] if isinstance(m, dict) and m.get("url")],
                 status_callback=callback,
+                content_sid=template.get("content_sid"),
+                content_variables=template.get("content_variables"),
             )
         except PermanentError as exc:
             record_part_failure([p.id for p in parts[index:] if not p.twilio_sid], exc)
@@ -472,6 +489,13 @@ def _set_reply_state(message_ids: list[int], state: ReplyState) -> None:
         Message.update(reply_state=state.value, updated_at=utcnow()).where(
             Message.id.in_(message_ids) & (Message.reply_state == ReplyState.PENDING.value)
         ).execute()
+
+
+def _may_send_free_form(target: SmsTarget) -> bool:
+    """False for a WhatsApp chat whose person last wrote more than 24 hours ago (a late or swept reply)."""
+    return target.channel != Channel.WHATSAPP.value or session_window_open(
+        target.our_number, target.their_number
+    )
 
 
 def _opted_out(target: SmsTarget) -> bool:

@@ -10,14 +10,20 @@ as plain E.164: `bare_number` is the row a `whatsapp:` address belongs to.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.storage.models import Channel
+from gateway.storage.models import Channel, Message, Role, utcnow
 from gateway.twilio import fields
 
 WHATSAPP_PREFIX = "whatsapp:"
 # A free-form WhatsApp message may be sent only this long after the person's last message.
 SESSION_WINDOW_HOURS = 24
+# The API's error code for a free-form WhatsApp start refused outside that window.
+OUTSIDE_SESSION_WINDOW = "outside_session_window"
+# What a reply refused outside the window records as its error_code: Twilio's own code for a
+# free-form WhatsApp message outside the window (63016), so it reads like Twilio's refusal.
+OUTSIDE_WINDOW_ERROR = "63016"
 
 # WhatsApp's extra inbound webhook fields -> Message.details keys (kept when present).
 WHATSAPP_FIELDS = {
@@ -50,6 +56,21 @@ def address_for(channel: Channel | str, number: str) -> str:
     return WHATSAPP_PREFIX + number if Channel(channel) is Channel.WHATSAPP else number
 
 
+def session_window_open(our_address: str, their_address: str, now: datetime | None = None) -> bool:
+    """True when the person wrote to this sender within WhatsApp's 24-hour customer service window."""
+    since = (now or utcnow()) - timedelta(hours=SESSION_WINDOW_HOURS)
+    return (
+        Message.select(Message.id)
+        .where(
+            (Message.role == Role.USER.value)
+            & (Message.from_number == their_address)
+            & (Message.to_number == our_address)
+            & (Message.created_at >= since)
+        )
+        .exists()
+    )
+
+
 def whatsapp_details(form: Mapping[str, str]) -> dict[str, str] | None:
     """WhatsApp's extra webhook fields, cleaned, under our names; None when there are none."""
     details = {}
@@ -66,6 +87,12 @@ def describe_details(details: Mapping[str, Any] | None) -> list[str]:
     if not details:
         return []
     lines = []
+    if details.get("content_sid"):
+        variables = details.get("content_variables") or {}
+        shown = ", ".join(f"{{{{{k}}}}} = {v}" for k, v in variables.items())
+        lines.append(
+            f"[sent the approved template {details['content_sid']}" + (f" with {shown}]" if shown else "]")
+        )
     if details.get("button_text"):
         lines.append(f"[tapped the button: {details['button_text']}]")
     if details.get("latitude") and details.get("longitude"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -53,9 +54,21 @@ def send_sms(
     body: str,
     media_urls: list[str] | None = None,
     status_callback: str | None = None,
+    content_sid: str | None = None,
+    content_variables: dict[str, str] | None = None,
 ) -> tuple[str, str]:
-    """Send one SMS/MMS; return Twilio's (sid, status); raise TransientError/PermanentError."""
-    kwargs: dict = {"from_": from_, "to": to, "body": body}
+    """Send one SMS/MMS/WhatsApp message; return Twilio's (sid, status); raise TransientError/PermanentError.
+
+    With `content_sid` the message is a Content API template (Twilio's ContentSid, with
+    ContentVariables as a JSON string) and `body` is left out.
+    """
+    kwargs: dict = {"from_": from_, "to": to}
+    if content_sid:
+        kwargs["content_sid"] = content_sid
+        if content_variables:
+            kwargs["content_variables"] = json.dumps(content_variables, ensure_ascii=False)
+    else:
+        kwargs["body"] = body
     if media_urls:
         kwargs["media_url"] = list(media_urls)
     if status_callback:
