@@ -52,7 +52,7 @@ from gateway.storage.models import (
 )
 from gateway.twilio import media
 from gateway.twilio.channels import OUTSIDE_WINDOW_ERROR, session_window_open
-from gateway.twilio.client import send_sms
+from gateway.twilio.client import send_sms, show_typing
 from gateway.twilio.statuses import map_twilio_status
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,11 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 )
                 if anchor is None and refusal is None:
                     prompt = build_messages(chat, agent, settings, upto_message_id=newest, images=True)
+                    if target.channel == Channel.WHATSAPP.value:
+                        # WhatsApp shows "typing..." while the model works (best effort, not waited on).
+                        show_typing(
+                            settings, Message.select(Message.twilio_sid).where(Message.id == newest).scalar()
+                        )
 
             if refusal is not None:
                 refuse_reply(

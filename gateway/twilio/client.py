@@ -18,18 +18,20 @@ log = logging.getLogger(__name__)
 
 # Seconds one REST call to Twilio may take before it counts as a transient failure.
 TWILIO_TIMEOUT = 30.0
+# A typing indicator is worth nothing late: its call gives up after this long.
+TYPING_TIMEOUT = 3.0
 
 _clients: dict[tuple, Client] = {}
 _clients_lock = threading.Lock()
 
 
-def twilio_client(settings: Settings) -> Client:
-    """The process's Twilio client for these settings (thread-safe, built once)."""
+def twilio_client(settings: Settings, *, timeout: float = TWILIO_TIMEOUT) -> Client:
+    """The process's Twilio client for these settings (thread-safe, built once per timeout)."""
     if not settings.twilio_configured:
         raise PermanentError(
             "Twilio is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.", "twilio_not_configured"
         )
-    key = (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url)
+    key = (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url, timeout)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
@@ -38,10 +40,12 @@ def twilio_client(settings: Settings) -> Client:
                 client = Client(
                     settings.twilio_account_sid,
                     settings.twilio_auth_token,
-                    http_client=TwilioHttpClient(timeout=TWILIO_TIMEOUT, pool_connections=True),
+                    http_client=TwilioHttpClient(timeout=timeout, pool_connections=True),
                 )
-                # Emulators and tests speak Twilio's API on another origin.
+                # Emulators and tests speak Twilio's API (and its Messaging API) on another origin.
                 client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+                if settings.twilio_api_base_url.rstrip("/") != "https://api.twilio.com":
+                    client.messaging.base_url = settings.twilio_api_base_url.rstrip("/")
                 _clients[key] = client
     return client
 
@@ -82,6 +86,37 @@ def send_sms(
     except TwilioException as exc:
         raise PermanentError(f"Twilio client error: {exc}", "twilio_error") from exc
     return message.sid, (message.status or "queued")
+
+
+_typing_failed_once = threading.Event()
+
+
+def show_typing(settings: Settings, message_sid: str | None) -> threading.Thread | None:
+    """Show the WhatsApp user that a reply to `message_sid` is being written (marks it read, too).
+
+    Best effort and never in the way: the call runs in a thread of its own with a short timeout,
+    so the reply neither waits for it nor fails with it. The first failure in a process is logged
+    as a warning (typing indicators are a Public Beta Twilio may refuse), later ones at debug.
+    Returns the thread (tests join it), or None when there is nothing to do.
+    """
+    if not message_sid or not settings.twilio_configured:
+        return None
+    thread = threading.Thread(
+        target=_send_typing, args=(settings, message_sid), name="whatsapp-typing", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _send_typing(settings: Settings, message_sid: str) -> None:
+    """POST Messaging v2's Indicators/Typing for a WhatsApp message; log a failure, never raise."""
+    try:
+        client = twilio_client(settings, timeout=TYPING_TIMEOUT)
+        client.messaging.v2.typing_indicator.create(channel="whatsapp", message_id=message_sid)
+    except Exception as exc:  # noqa: BLE001 - best effort: any failure only costs the indicator
+        level = logging.DEBUG if _typing_failed_once.is_set() else logging.WARNING
+        _typing_failed_once.set()
+        log.log(level, "whatsapp typing indicator for %s not shown: %s", message_sid, exc)
 
 
 def classify_twilio_error(exc: TwilioRestException) -> GatewayError:

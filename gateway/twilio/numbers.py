@@ -42,12 +42,8 @@ class ConfigureResult:
 
 
 def numbers_client(settings: Settings) -> Client:
-    """The Twilio client, with the Messaging API on the same origin as the REST API when overridden."""
-    client = twilio_client(settings)
-    if settings.twilio_api_base_url.rstrip("/") != "https://api.twilio.com":
-        # Emulators and tests serve every Twilio product on one origin.
-        client.messaging.base_url = settings.twilio_api_base_url.rstrip("/")
-    return client
+    """The Twilio client (its Messaging API on the same origin as the REST API when overridden)."""
+    return twilio_client(settings)
 
 
 def _messaging_services(client: Client) -> dict[str, tuple[str, str, str | None, bool]]:

@@ -124,6 +124,10 @@ class FakeTwilio(LoopbackServer):
         self._failures: list[_Failure] = []
         self._fail_to: dict[str, _Failure] = {}
         self._cond = threading.Condition()
+        # WhatsApp typing indicators (Messaging v2): every request, and how to answer them.
+        self.typing: list[dict[str, Any]] = []
+        self.typing_failure: int | None = None  # answer this HTTP status (Twilio's error JSON)
+        self.typing_latency: float = 0.0  # seconds slept before answering a typing indicator
 
     # --- scripting -------------------------------------------------------------------------------
 
@@ -262,6 +266,8 @@ class FakeTwilio(LoopbackServer):
         """Forget traffic and scripting (messages, attempts, failures, latency); keep numbers and media."""
         with self._cond:
             self.messages.clear()
+            self.typing.clear()
+            self.typing_failure, self.typing_latency = None, 0.0
             self.attempts.clear()
             self._resources.clear()
             self._failures.clear()
@@ -277,6 +283,8 @@ class FakeTwilio(LoopbackServer):
             return self._error(401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'})
         if request.path.startswith("/v1/Services"):
             return self._messaging(request)
+        if request.path == "/v2/Indicators/Typing.json":
+            return self._typing(request)
         m = re.fullmatch(rf"{API}/Accounts/(\w+)(/.*)", request.path)
         if not m:
             return self._not_found(request)
@@ -513,6 +521,26 @@ class FakeTwilio(LoopbackServer):
             "key": key,
         }
         return Response.json(200, {key: items, "meta": meta})
+
+    def _typing(self, request: Request) -> Response:
+        """Messaging v2's typing indicator: channel=whatsapp and the inbound message's sid."""
+        if request.method != "POST":
+            return self._error(405, 20004, "Method not allowed")
+        form = request.form()
+        record = {k: v[0] for k, v in form.items()}
+        record["received_at"] = time.monotonic()
+        with self._cond:
+            self.typing.append(record)
+            failure, latency = self.typing_failure, self.typing_latency
+            self._cond.notify_all()
+        self.sleep(latency)
+        if failure is not None:
+            return self._error(failure, 20500, "Internal Server Error")
+        if record.get("channel") != "whatsapp" or not re.fullmatch(
+            r"(SM|MM)\w+", record.get("messageId", "")
+        ):
+            return self._error(400, 21211, "channel must be whatsapp and messageId a message sid")
+        return Response.json(200, {"success": True})
 
     def _fetch_number(self, request: Request, sid: str) -> Response:
         with self._cond:
