@@ -85,12 +85,19 @@ def numbers_list() -> None:
                 f"  Messaging Service {info.messaging_service_sid} ({info.messaging_service_name}): "
                 f"inbound texts go to {where or '(not set)'}"
             )
+            click.echo(f"  service status callback: {info.messaging_service_status_callback or '(not set)'}")
 
 
 @numbers.command("configure")
 @click.argument("phone_number")
 @click.option("--base-url", help="The gateway's public https origin (default: PUBLIC_BASE_URL).")
-def numbers_configure(phone_number: str, base_url: str | None) -> None:
+@click.option(
+    "--service",
+    is_flag=True,
+    help="The number is in a Messaging Service: set the service's inbound and status URLs instead, "
+    "and send through the service.",
+)
+def numbers_configure(phone_number: str, base_url: str | None, service: bool) -> None:
     """Point PHONE_NUMBER's SMS webhook and status callback at this gateway and register it."""
     from gateway.storage import db as database
     from gateway.twilio.numbers import configure_number, numbers_client
@@ -105,7 +112,7 @@ def numbers_configure(phone_number: str, base_url: str | None) -> None:
     database.upgrade()
     client = _twilio_or_exit(settings, numbers_client)
     try:
-        result = configure_number(client, phone_number, base)
+        result = configure_number(client, phone_number, base, service=service)
     except LookupError as exc:
         raise click.ClickException(str(exc)) from exc
     if result.advice:

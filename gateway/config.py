@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = Field(None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(None, repr=False, validation_alias="TWILIO_AUTH_TOKEN")
     twilio_api_base_url: str = Field("https://api.twilio.com", validation_alias="TWILIO_API_BASE_URL")
+    # Send every number's messages through this Messaging Service (MessagingServiceSid instead of From),
+    # unless the number has its own; None: send From the number.
+    twilio_messaging_service_sid: str | None = Field(None, validation_alias="TWILIO_MESSAGING_SERVICE_SID")
     public_base_url: str | None = Field(None, validation_alias="PUBLIC_BASE_URL")
     openai_api_key: str | None = Field(None, repr=False, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")

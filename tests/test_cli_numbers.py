@@ -82,3 +82,23 @@ def test_configure_unknown_number(cli, fake_twilio):
     result = cli("numbers", "configure", "+15550000000", "--base-url", "https://gw.example.org")
     assert result.exit_code == 1
     assert "is not a number of this Twilio account" in result.output
+
+
+def test_configure_service_sets_its_urls_and_sends_through_it(cli, fake_twilio):
+    """--service points the number's Messaging Service at the gateway and the number sends through it."""
+    service = fake_twilio.add_messaging_service(
+        "Support line", inbound_request_url="https://elsewhere.example/in"
+    )
+    sid = fake_twilio.add_number(NUMBER, messaging_service_sid=service)
+    result = cli("numbers", "configure", NUMBER, "--base-url", "https://gw.example.org", "--service")
+    assert result.exit_code == 0, result.output
+    assert fake_twilio.services[service]["inbound_request_url"] == "https://gw.example.org/twilio/sms"
+    assert fake_twilio.services[service]["status_callback"] == "https://gw.example.org/twilio/status"
+    assert fake_twilio.numbers[sid]["sms_url"] == ""  # the number's own webhook is not the one in use
+    row = PhoneNumber.get(PhoneNumber.phone_number == NUMBER)
+    assert (row.twilio_sid, row.messaging_service_sid) == (sid, service)
+    listing = cli("numbers", "list")
+    assert "inbound texts go to https://gw.example.org/twilio/sms" in listing.output
+    assert "service status callback: https://gw.example.org/twilio/status" in listing.output
+    again = cli("numbers", "configure", NUMBER, "--base-url", "https://gw.example.org", "--service")
+    assert again.exit_code == 0 and "already points at" in again.output

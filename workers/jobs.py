@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -54,6 +55,7 @@ from gateway.storage.models import (
     Role,
     utcnow,
 )
+from gateway.twilio.senders import SenderPaced
 from workers import memory_jobs
 from workers.context import get_settings
 
@@ -118,6 +120,27 @@ def _attempt(run):
         if job is not None:
             job.retries_left = 0
         raise
+    except SenderPaced as exc:
+        if job is not None:
+            _come_back_after(job, exc.wait)
+        raise
+
+
+def _come_back_after(job: Job, wait: float) -> None:
+    """Have RQ run the job again after `wait` seconds without using up one of its retries.
+
+    RQ's retry path (handle_job_failure -> Job.retry) reads this very Job object: one more retry
+    is granted, scheduled after `wait`, and the intervals of the retries left stay what they were.
+    """
+    left = job.retries_left or 0
+    intervals = list(job.retry_intervals or [0])
+
+    def original(retries_left: int) -> int:
+        return intervals[max(len(intervals) - retries_left, 0)]
+
+    # Job.get_retry_interval picks index len - retries_left: ours first, then the old ones in order.
+    job.retry_intervals = [max(1, math.ceil(wait))] + [original(r) for r in range(left, 0, -1)]
+    job.retries_left = left + 1
 
 
 def close_silent_chats() -> int:

@@ -100,7 +100,7 @@ def get_phone_number(phone_number: str) -> PhoneNumberOut:
     "/phone-numbers/<phone_number>",
     operation_id="updatePhoneNumber",
     tag="phone numbers",
-    summary="Change a number's agents or timezone",
+    summary="Change a number's agents, timezone, Messaging Service or send rate",
     body=PhoneNumberUpdate,
     ok=(200, PhoneNumberOut, "The number."),
     path_params=PHONE_NUMBER,

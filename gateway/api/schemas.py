@@ -371,6 +371,25 @@ Timezone = Annotated[
 ]
 
 
+MessagingServiceSid = Annotated[
+    str | None,
+    Field(
+        pattern=r"^MG[0-9a-fA-F]{32}$",
+        description="Send through this Messaging Service (Twilio's MessagingServiceSid instead of From); "
+        "null: the gateway's TWILIO_MESSAGING_SERVICE_SID, else From the number.",
+    ),
+]
+MaxMps = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=10_000,
+        description="Messages per second this number may send, shared by every worker (its registered "
+        "throughput, e.g. 1 for a US long code); a burst is paced to it. null: not paced (Twilio queues).",
+    ),
+]
+
+
 class PhoneNumberUpdate(Body):
     """PATCH /v1/phone-numbers/{phone_number}: only the fields sent change."""
 
@@ -384,6 +403,8 @@ class PhoneNumberUpdate(Body):
         ),
     ] = None
     timezone: Annotated[Timezone, AfterValidator(lambda v: v if v is None else _timezone(v))] = None
+    messaging_service_sid: MessagingServiceSid = None
+    max_mps: MaxMps = None
 
 
 class PhoneNumberCreate(PhoneNumberUpdate):
@@ -399,6 +420,8 @@ class PhoneNumber(Out):
     inbound_agent_id: AgentRef
     outbound_agent_id: AgentRef
     timezone: Timezone
+    messaging_service_sid: MessagingServiceSid
+    max_mps: MaxMps
     created_at: Timestamp
     updated_at: Timestamp
 

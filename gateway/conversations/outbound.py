@@ -34,6 +34,7 @@ from gateway.storage.models import (
     utcnow,
 )
 from gateway.twilio.channels import OUTSIDE_SESSION_WINDOW, SESSION_WINDOW_HOURS, session_window_open
+from gateway.twilio.senders import SenderPaced
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
                 parts = _opening_parts(chat_id)
         return send_parts(settings, target, parts)
     except (PermanentError, TransientError) as exc:
-        if isinstance(exc, PermanentError) or last_attempt:
+        # A paced send (the number is at its rate) comes back later; it is no failure.
+        if isinstance(exc, PermanentError) or (last_attempt and not isinstance(exc, SenderPaced)):
             if parts:
                 record_part_failure([p.id for p in parts if not p.twilio_sid], exc)
             else:

@@ -53,6 +53,7 @@ from gateway.storage.models import (
 from gateway.twilio import media
 from gateway.twilio.channels import OUTSIDE_WINDOW_ERROR, session_window_open
 from gateway.twilio.client import send_sms, show_typing
+from gateway.twilio.senders import SENDER_PACED, sender_for, wait_for_slot
 from gateway.twilio.statuses import map_twilio_status
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         raise
     except TransientError as exc:
         # "reply_in_progress": another attempt is sending this reply; it records the outcome.
-        if last_attempt and exc.code != IN_PROGRESS:
+        # "sender_paced": the number is at its send rate; the job comes back, no retry used.
+        if last_attempt and exc.code not in (IN_PROGRESS, SENDER_PACED):
             _record_failure(covered, exc)
         raise
     except Exception as exc:  # a bug or a database outage: RQ sees it; the last attempt records it
@@ -353,6 +355,8 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
     sent twice by two attempts; a permanent failure fails the rest of the parts with its reason.
     """
     callback = status_callback_url(settings)
+    with database.connection_context():
+        sender = sender_for(settings, target.our_number)
     sent = 0
     for index, part in enumerate(parts):
         if part.twilio_sid:
@@ -363,6 +367,9 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                     continue  # another attempt sent it a moment ago
             raise TransientError("Another attempt is sending this reply right now.", IN_PROGRESS)
         try:
+            # The number's send rate (max_mps), shared by every worker, taken as close to the send
+            # as possible; SenderPaced (the part is released) when the next slot is far off.
+            wait_for_slot(settings, sender)
             template = part.details if isinstance(part.details, dict) else {}
             sid, status = send_sms(
                 settings,
@@ -373,6 +380,7 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                 status_callback=callback,
                 content_sid=template.get("content_sid"),
                 content_variables=template.get("content_variables"),
+                messaging_service_sid=sender.messaging_service_sid,
             )
         except PermanentError as exc:
             record_part_failure([p.id for p in parts[index:] if not p.twilio_sid], exc)
@@ -626,6 +634,8 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
                         updated_at=now,
                     ).execute()
                 )
+    with database.connection_context():
+        sender = sender_for(settings, target.our_number)
     for index, (part_id, body) in enumerate(zip(ids, split_sms(text), strict=True)):
         try:
             sid, status = send_sms(
@@ -634,6 +644,7 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
                 to=target.their_number,
                 body=body,
                 status_callback=status_callback_url(settings),
+                messaging_service_sid=sender.messaging_service_sid,
             )
         except (PermanentError, TransientError) as exc:
             log.warning("closing message for chat %s not sent: %s", chat.chat_id, exc)

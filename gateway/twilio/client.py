@@ -60,13 +60,19 @@ def send_sms(
     status_callback: str | None = None,
     content_sid: str | None = None,
     content_variables: dict[str, str] | None = None,
+    messaging_service_sid: str | None = None,
 ) -> tuple[str, str]:
     """Send one SMS/MMS/WhatsApp message; return Twilio's (sid, status); raise TransientError/PermanentError.
 
     With `content_sid` the message is a Content API template (Twilio's ContentSid, with
-    ContentVariables as a JSON string) and `body` is left out.
+    ContentVariables as a JSON string) and `body` is left out. With `messaging_service_sid` the
+    message goes through that Messaging Service (MessagingServiceSid instead of From).
     """
-    kwargs: dict = {"from_": from_, "to": to}
+    kwargs: dict = {"to": to}
+    if messaging_service_sid:
+        kwargs["messaging_service_sid"] = messaging_service_sid
+    else:
+        kwargs["from_"] = from_
     if content_sid:
         kwargs["content_sid"] = content_sid
         if content_variables:

@@ -29,6 +29,7 @@ class NumberInfo:
     messaging_service_sid: str | None = None
     messaging_service_name: str | None = None
     messaging_service_inbound_url: str | None = None
+    messaging_service_status_callback: str | None = None
     uses_number_webhook: bool = False
 
 
@@ -46,15 +47,16 @@ def numbers_client(settings: Settings) -> Client:
     return twilio_client(settings)
 
 
-def _messaging_services(client: Client) -> dict[str, tuple[str, str, str | None, bool]]:
-    """Map each number's PN sid to (service sid, name, inbound URL, use_inbound_webhook_on_number)."""
-    owners: dict[str, tuple[str, str, str | None, bool]] = {}
+def _messaging_services(client: Client) -> dict[str, tuple[str, str, str | None, str | None, bool]]:
+    """Map each number's PN sid to (service sid, name, inbound URL, status callback, number's webhook?)."""
+    owners: dict[str, tuple[str, str, str | None, str | None, bool]] = {}
     for service in client.messaging.v1.services.list():
         for number in client.messaging.v1.services(service.sid).phone_numbers.list():
             owners[number.sid] = (
                 service.sid,
                 service.friendly_name,
                 service.inbound_request_url,
+                service.status_callback,
                 bool(service.use_inbound_webhook_on_number),
             )
     return owners
@@ -75,17 +77,25 @@ def list_numbers(client: Client, phone_number: str | None = None) -> list[Number
             status_callback=n.status_callback,
         )
         if n.sid in owners:
-            sid, name, inbound_url, on_number = owners[n.sid]
+            sid, name, inbound_url, status_url, on_number = owners[n.sid]
             info.messaging_service_sid = sid
             info.messaging_service_name = name
             info.messaging_service_inbound_url = inbound_url
+            info.messaging_service_status_callback = status_url
             info.uses_number_webhook = on_number
         infos.append(info)
     return infos
 
 
-def configure_number(client: Client, phone_number: str, base_url: str) -> ConfigureResult:
-    """Point the number's SMS webhook (POST) and status callback at this gateway; register it."""
+def configure_number(
+    client: Client, phone_number: str, base_url: str, *, service: bool = False
+) -> ConfigureResult:
+    """Point the number's SMS webhook (POST) and status callback at this gateway; register it.
+
+    A number whose Messaging Service decides where its texts go is left alone with advice,
+    unless `service`: then the service's inbound and status URLs are set, and the number is
+    registered to send through that service (MessagingServiceSid).
+    """
     found = list_numbers(client, phone_number)
     if not found:
         raise LookupError(f"{phone_number} is not a number of this Twilio account")
@@ -93,6 +103,8 @@ def configure_number(client: Client, phone_number: str, base_url: str) -> Config
     base = base_url.rstrip("/")
     sms_url, status_url = base + SMS_PATH, base + STATUS_PATH
     result = ConfigureResult(number=number)
+    if number.messaging_service_sid and service:
+        return _configure_service(client, result, sms_url, status_url)
     if number.messaging_service_sid and not number.uses_number_webhook:
         # Twilio sends this number's inbound texts to the service's URL, not the number's.
         result.advice = (
@@ -101,7 +113,8 @@ def configure_number(client: Client, phone_number: str, base_url: str) -> Config
             f"(now: {number.messaging_service_inbound_url or 'not set'}). In the Twilio console set that "
             f"service's Integration > Incoming Messages to 'Send a webhook' with request URL {sms_url} "
             f"(HTTP POST) and its Delivery Status Callback to {status_url}; or choose 'Defer to sender's "
-            f"webhook' and run this command again. Nothing was changed."
+            f"webhook' and run this command again; or run it with --service to set the service's URLs. "
+            f"Nothing was changed."
         )
         return result
     wanted = {"sms_url": sms_url, "sms_method": "POST", "status_callback": status_url}
@@ -117,6 +130,30 @@ def configure_number(client: Client, phone_number: str, base_url: str) -> Config
         )
         number.sms_url, number.sms_method, number.status_callback = sms_url, "POST", status_url
     register_number(number.phone_number, number.sid)
+    return result
+
+
+def _configure_service(
+    client: Client, result: ConfigureResult, sms_url: str, status_url: str
+) -> ConfigureResult:
+    """Point the number's Messaging Service at this gateway; the number sends through it."""
+    number = result.number
+    wanted = {"inbound_request_url": sms_url, "status_callback": status_url}
+    current = {
+        "inbound_request_url": number.messaging_service_inbound_url,
+        "status_callback": number.messaging_service_status_callback,
+    }
+    result.changes = [(f"service {k}", current[k], v) for k, v in wanted.items() if current[k] != v]
+    if result.changes:
+        client.messaging.v1.services(number.messaging_service_sid).update(
+            inbound_request_url=sms_url, inbound_method="POST", status_callback=status_url
+        )
+        number.messaging_service_inbound_url, number.messaging_service_status_callback = sms_url, status_url
+    row = register_number(number.phone_number, number.sid)
+    if row.messaging_service_sid != number.messaging_service_sid:
+        PhoneNumber.update(messaging_service_sid=number.messaging_service_sid, updated_at=utcnow()).where(
+            PhoneNumber.phone_number == row.phone_number
+        ).execute()
     return result
 
 

@@ -486,6 +486,9 @@ class FakeTwilio(LoopbackServer):
 
     def _messaging(self, request: Request) -> Response:
         """The Messaging API's Services and their PhoneNumbers lists (one page, v1 paging shape)."""
+        update = re.fullmatch(r"/v1/Services/(MG\w+)", request.path)
+        if update and request.method == "POST":
+            return self._update_service(request, update[1])
         if request.method != "GET":
             return self._error(405, 20004, "Method not allowed")
         with self._cond:
@@ -521,6 +524,21 @@ class FakeTwilio(LoopbackServer):
             "key": key,
         }
         return Response.json(200, {key: items, "meta": meta})
+
+    def _update_service(self, request: Request, sid: str) -> Response:
+        """POST /v1/Services/{sid}: set the service's fields (InboundRequestUrl, StatusCallback, ...)."""
+        form = request.form()
+        with self._cond:
+            service = self.services.get(sid)
+            if service is None:
+                return self._not_found(request)
+            for name, values in form.items():
+                key = _snake(name)
+                if key in service and key not in ("sid", "account_sid", "url", "_numbers"):
+                    service[key] = values[0]
+            service["date_updated"] = datetime.now(UTC).isoformat()
+            snapshot = {k: v for k, v in service.items() if k != "_numbers"}
+        return Response.json(200, snapshot)
 
     def _typing(self, request: Request) -> Response:
         """Messaging v2's typing indicator: channel=whatsapp and the inbound message's sid."""
