@@ -18,7 +18,13 @@ from gateway.agent import llm
 from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms
 from gateway.config import Settings
-from gateway.conversations.replies import SmsTarget, ask_for_sms, record_part_failure, send_parts
+from gateway.conversations.replies import (
+    PART_COLUMNS,
+    SmsTarget,
+    ask_for_sms,
+    record_part_failure,
+    send_parts,
+)
 from gateway.errors import PermanentError, TransientError
 from gateway.storage.db import database
 from gateway.storage.models import (
@@ -171,14 +177,7 @@ def store_opening(
 def _opening_parts(chat_id: str) -> list[Message]:
     """The agent parts that open the chat (they answer no inbound message), in order."""
     return list(
-        Message.select(
-            Message.id,
-            Message.content,
-            Message.media,
-            Message.details,
-            Message.part_index,
-            Message.twilio_sid,
-        )
+        Message.select(*PART_COLUMNS)
         .where((Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null())
         .order_by(Message.part_index, Message.id)
     )

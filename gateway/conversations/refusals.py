@@ -27,6 +27,7 @@ from gateway.storage.models import (
     utcnow,
 )
 from gateway.twilio.client import send_sms
+from gateway.twilio.senders import sender_for
 from gateway.twilio.statuses import map_twilio_status
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,16 @@ def refuse_reply(
     log.info("spend guard: no reply to messages %s in %s: %s", message_ids, chat_id, refusal.reason)
     if notice_id is None:
         return False
+    with database.connection_context():
+        service = sender_for(settings, our_number).messaging_service_sid
     try:
         sid, status = send_sms(
-            settings, from_=our_number, to=their_number, body=text or "", status_callback=status_callback
+            settings,
+            from_=our_number,
+            to=their_number,
+            body=text or "",
+            status_callback=status_callback,
+            messaging_service_sid=service,
         )
     except GatewayError as exc:
         log.warning("spend guard: the notice in %s was not sent: %s", chat_id, exc)

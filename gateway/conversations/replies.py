@@ -330,18 +330,22 @@ def _store_parts(
     return message_id, True
 
 
+# What `send_parts` reads of a stored part.
+PART_COLUMNS = (
+    Message.id,
+    Message.content,
+    Message.media,
+    Message.details,
+    Message.part_index,
+    Message.twilio_sid,
+)
+
+
 def _send_unsent_parts(settings: Settings, target: SmsTarget, anchor: int) -> int:
     """Send, in order, each part of the reply to `anchor` that has no SID; return how many."""
     with database.connection_context():
         parts = list(
-            Message.select(
-                Message.id,
-                Message.content,
-                Message.media,
-                Message.details,
-                Message.part_index,
-                Message.twilio_sid,
-            )
+            Message.select(*PART_COLUMNS)
             .where((Message.reply_to == anchor) & (Message.role == Role.AGENT.value))
             .order_by(Message.part_index, Message.id)
         )

@@ -15,17 +15,15 @@ holds worker threads that other numbers' replies need.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import get_current_job
 
 from gateway.config import Settings
 from gateway.errors import TransientError
-from gateway.queue import connect_redis
+from gateway.queue import redis_for
 from gateway.storage.models import PhoneNumber
 from gateway.twilio.channels import bare_number
 
@@ -105,7 +103,7 @@ def wait_for_slot(settings: Settings, sender: Sender) -> None:
     """
     if sender.max_mps is None:
         return
-    connection = _redis(settings)
+    connection = redis_for(settings)
     if connection is None:
         return
     key = pace_key(settings, sender.address)
@@ -130,21 +128,3 @@ def _next_slot_wait(connection: Redis, key: str) -> float:
     except RedisError:
         return MAX_WAIT
     return max(0.0, (stored - (seconds * 1000 + micros // 1000)) / 1000)
-
-
-_clients: dict[str, Redis] = {}
-_clients_lock = threading.Lock()
-
-
-def _redis(settings: Settings) -> Redis | None:
-    """The running job's Redis connection, else one client per process for REDIS_URL (or None)."""
-    job = get_current_job()
-    if job is not None:
-        return job.connection
-    if not settings.redis_url:
-        return None
-    with _clients_lock:
-        client = _clients.get(settings.redis_url)
-        if client is None:
-            client = _clients[settings.redis_url] = connect_redis(settings.redis_url)
-        return client
