@@ -257,9 +257,11 @@ OUTSIDE_V1: dict[str, Any] = {
         "post": {
             "operationId": "twilioInboundSms",
             "tags": ["twilio"],
-            "summary": "Twilio's inbound SMS/MMS webhook",
+            "summary": "Twilio's inbound SMS/MMS/WhatsApp webhook",
             "description": "Answers at once; the agent's reply is sent by a worker. A replayed MessageSid "
-            "gets 200 and no second reply.",
+            "gets 200 and no second reply. WhatsApp arrives here too, with `whatsapp:+…` addresses: it "
+            "becomes a chat with `channel` whatsapp, and its extra fields (ProfileName, WaId, MessageType, "
+            "ButtonText, ButtonPayload, Latitude, Longitude, Address, Label) are kept on the message.",
             "security": [],
             "parameters": [TWILIO_SIGNATURE],
             "requestBody": form(
@@ -273,6 +275,21 @@ OUTSIDE_V1: dict[str, Any] = {
                     "MediaUrl0": {"type": "string"},
                     "MediaContentType0": {"type": "string"},
                     "OptOutType": {"type": "string"},
+                    "ProfileName": {"type": "string", "description": "WhatsApp: the person's profile name."},
+                    "WaId": {"type": "string", "description": "WhatsApp: the person's WhatsApp id."},
+                    "MessageType": {
+                        "type": "string",
+                        "description": "WhatsApp: text, image, button, location...",
+                    },
+                    "ButtonText": {"type": "string", "description": "WhatsApp: the text of a tapped button."},
+                    "ButtonPayload": {
+                        "type": "string",
+                        "description": "WhatsApp: the tapped button's payload.",
+                    },
+                    "Latitude": {"type": "string", "description": "WhatsApp: a shared location."},
+                    "Longitude": {"type": "string", "description": "WhatsApp: a shared location."},
+                    "Address": {"type": "string", "description": "WhatsApp: a shared location's address."},
+                    "Label": {"type": "string", "description": "WhatsApp: a shared location's name."},
                 },
                 ["MessageSid", "From", "To"],
             ),
@@ -289,7 +306,11 @@ OUTSIDE_V1: dict[str, Any] = {
             "requestBody": form(
                 {
                     "MessageSid": {"type": "string"},
-                    "MessageStatus": {"type": "string"},
+                    "MessageStatus": {
+                        "type": "string",
+                        "description": "queued, sent, delivered, read (WhatsApp; recorded after delivered), "
+                        "undelivered, failed, ...",
+                    },
                     "ErrorCode": {"type": "string"},
                     "ErrorMessage": {"type": "string"},
                     "From": {"type": "string"},
