@@ -127,3 +127,49 @@ def test_a_burst_is_paced_at_the_numbers_rate_and_another_number_is_not_held_up(
     # Every text was answered, none twice.
     wait_for(lambda: Message.select().where(Message.reply_state == "answered").count() == burst + 1)
     assert len({(m["To"], m["From"]) for m in sent}) == burst + 1
+
+
+@pytest.mark.parametrize(
+    ("retries_left", "intervals"), [(3, [1, 2, 4]), (1, [1, 2, 4]), (0, None), (None, None)]
+)
+def test_a_paced_job_comes_back_after_the_wait_with_its_retries_intact(redis_conn, retries_left, intervals):
+    from rq.job import Job
+
+    from workers.jobs import _come_back_after
+
+    job = Job.create("workers.jobs.reply_to_message", args=(1,), connection=redis_conn)
+    job.retries_left, job.retry_intervals = retries_left, intervals
+    before = []
+    for left in range(retries_left or 0, 0, -1):  # what each real retry would wait, in order
+        job.retries_left = left
+        before.append(job.get_retry_interval())
+    job.retries_left = retries_left
+
+    _come_back_after(job, 2.3)
+    assert job.get_retry_interval() == 3  # whole seconds, rounded up
+    job.retries_left -= 1  # what Job.retry() does as it schedules the paced attempt
+    assert job.retries_left == (retries_left or 0)
+    after = []
+    for left in range(job.retries_left, 0, -1):
+        job.retries_left = left
+        after.append(job.get_retry_interval())
+    assert after == before
+
+
+def test_a_send_far_from_its_slot_is_put_off_not_failed(
+    client, settings, fake_model, fake_twilio, redis_conn
+):
+    from gateway.twilio.senders import SenderPaced
+
+    PhoneNumber.create(phone_number=OUR_NUMBER, max_mps=0.2)  # one send per 5 s
+    assert reserve_slot(redis_conn, pace_key(settings, OUR_NUMBER), max_mps=0.2) == 0  # the slot now is used
+    message = record(client, inbound_sms("hello"))
+    fake_model.reply_with("Hi!")
+    with pytest.raises(SenderPaced) as paced:
+        replies.answer_message(settings, message.id, last_attempt=True)
+    assert 0 < paced.value.wait <= 5  # comes back about when its slot nears
+    assert fake_twilio.attempts == []
+    # Nothing failed: the text waits for its reply, whose part is stored and free to send later.
+    assert Message.get_by_id(message.id).reply_state == "pending"
+    part = Message.get((Message.reply_to == message.id) & (Message.role == "agent"))
+    assert (part.status, part.twilio_sid, part.error_code) == ("queued", None, None)
