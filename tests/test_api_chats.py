@@ -95,6 +95,7 @@ def test_messages_come_back_in_order_with_sms_fields(client):
         "created_at",
         "status",
         "error_code",
+        "reply_state",
     }
     assert second == {
         "message_id": second["message_id"],
@@ -105,6 +106,7 @@ def test_messages_come_back_in_order_with_sms_fields(client):
         "created_at": second["created_at"],
         "status": "undelivered",
         "error_code": "30003",
+        "reply_state": None,
     }
     assert chat["usage"] == {"prompt_tokens": 10, "completion_tokens": 3}
 

@@ -75,6 +75,11 @@ def test_every_sender_form_twilio_uses_is_recorded(client, sender):
     message = Message.get(Message.twilio_sid == form["MessageSid"])
     assert message.from_number == sender
     assert Chat.get_by_id(message.chat_id).to_number == sender
+    if sender.startswith(("+", "whatsapp:")):
+        assert message.reply_state == "pending"
+    else:  # no SMS reply can reach it: recorded, not answered, and it says why
+        assert message.reply_state == "none"
+        assert "phone numbers and WhatsApp" in message.error_message
 
 
 def test_whatsapp_on_both_sides_is_recorded(client):

@@ -33,12 +33,10 @@ import hashlib
 import json
 import logging
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
@@ -47,7 +45,7 @@ from rq.rate_limit import RateLimit
 from gateway.agent import llm, spend
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
-from gateway.queue import connect_redis, fetch_job, job_queue, queue_name, retry_policy
+from gateway.queue import fetch_job, job_queue, queue_name, redis_for, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import (
     Agent,
@@ -496,10 +494,6 @@ def enqueue_deduplicated(
     return None  # both "running": one is a leftover RQ's cleanup will settle
 
 
-_redis_lock = threading.Lock()
-_redis_clients: dict[str, Redis] = {}
-
-
 def queue_for(settings: Settings) -> Queue | None:
     """The queue of the RQ job running in this thread, else the gateway's queue on REDIS_URL (or None).
 
@@ -508,13 +502,8 @@ def queue_for(settings: Settings) -> Queue | None:
     job = get_current_job()
     if job is not None and job.origin:
         return job_queue(job.origin, job.connection)
-    if not settings.redis_url:
-        return None
-    with _redis_lock:
-        client = _redis_clients.get(settings.redis_url)
-        if client is None:
-            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
-    return job_queue(queue_name(settings), client)
+    client = redis_for(settings)
+    return job_queue(queue_name(settings), client) if client is not None else None
 
 
 def summary_job_id(chat_id: str) -> str:

@@ -46,4 +46,14 @@ def _require_api_key() -> None:
         raise ApiError(401, "unauthorized", "The API key is wrong.")
 
 
-from gateway.api import agents, chats, completions, openapi, phone_numbers, sms_chats, takeover  # noqa: E402,F401  (routes register on bp)
+# Routes register on bp when their modules are imported.
+from gateway.api import (  # noqa: E402,F401
+    agents,
+    chats,
+    completions,
+    openapi,
+    phone_numbers,
+    sms_chats,
+    takeover,
+    usage,
+)

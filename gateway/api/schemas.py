@@ -34,7 +34,7 @@ from gateway.agent.analysis import AnalysisField, AnalysisFields
 from gateway.agent.text import SMS_MAX_CHARS
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
-from gateway.storage.models import Channel, ChatStatus, ChatType, MessageKind, MessageStatus, Role
+from gateway.storage.models import Channel, ChatStatus, ChatType, MessageKind, MessageStatus, ReplyState, Role
 
 # Public ids travel in URLs: letters, digits, `_` and `-` only, matched in full (no trailing newline).
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -178,6 +178,7 @@ ChatStatusName = Literal[tuple(s.value for s in ChatStatus)]  # type: ignore[val
 MessageStatusName = Literal[tuple(s.value for s in MessageStatus)]  # type: ignore[valid-type]
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
 MessageKindName = Literal[tuple(k.value for k in MessageKind)]  # type: ignore[valid-type]
+ReplyStateName = Literal[tuple(r.value for r in ReplyState)]  # type: ignore[valid-type]
 
 
 def cap(what: str) -> Any:
@@ -514,7 +515,21 @@ class Message(Out):
         MessageStatusName | None,
         Field(description="SMS/WhatsApp delivery state (`read`: WhatsApp only); null in API chats."),
     ]
-    error_code: Annotated[str | None, Field(description="Twilio's error code, SMS only.")]
+    error_code: Annotated[
+        str | None,
+        Field(
+            description="SMS/WhatsApp only: Twilio's error code, the model's, or why the agent did not "
+            "answer (`rate_limited`, `budget_exhausted`)."
+        ),
+    ]
+    reply_state: Annotated[
+        ReplyStateName | None,
+        Field(
+            description="An inbound text: `pending` (being answered), `answered`, `none` (needs no answer), "
+            "`failed`, or over a spend cap, `rate_limited` / `budget_exhausted` (no model call was made). "
+            "Null for other messages."
+        ),
+    ] = None
 
 
 class Usage(Out):
@@ -522,6 +537,41 @@ class Usage(Out):
 
     prompt_tokens: Annotated[int, Field(ge=0)]
     completion_tokens: Annotated[int, Field(ge=0)]
+
+
+class AgentUsageQuery(Query):
+    """GET /v1/agents/{agent_id}/usage: optionally, one person's counts too."""
+
+    phone_number: E164 | None = None
+
+
+class PersonUsage(Out):
+    """One person's replies from the agent in the current hour and day (UTC)."""
+
+    phone_number: E164
+    replies_this_hour: Annotated[int, Field(ge=0)]
+    replies_today: Annotated[int, Field(ge=0)]
+
+
+class AgentUsage(Out):
+    """Today's (UTC) use of an agent's spend caps; a cap of null means none applies."""
+
+    agent_id: Id
+    day: Annotated[str, Field(json_schema_extra={"format": "date"}, examples=["2025-01-31"])]
+    tokens_today: Annotated[int, Field(ge=0, description="Model tokens (prompt + completion) used today.")]
+    tokens_per_day: Annotated[int | None, Field(description="The agent's daily token budget.")]
+    replies_today: Annotated[int, Field(ge=0, description="Replies the agent made today, to anyone.")]
+    replies_per_person_per_hour: int | None
+    replies_per_person_per_day: int | None
+    person: Annotated[PersonUsage | None, Field(description="With `?phone_number=`: that person's counts.")]
+
+
+class GatewayUsage(Out):
+    """Today's (UTC) use of the whole gateway's token budget."""
+
+    day: Annotated[str, Field(json_schema_extra={"format": "date"}, examples=["2025-01-31"])]
+    tokens_today: Annotated[int, Field(ge=0)]
+    tokens_per_day: Annotated[int | None, Field(description="The gateway's daily token budget; null: none.")]
 
 
 class Chat(Out):

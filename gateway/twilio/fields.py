@@ -91,6 +91,11 @@ def address(name: str, value: str | None, *, required: bool = True) -> str | Non
     )
 
 
+def answerable(address_: str) -> bool:
+    """True when the gateway can text this sender back: an E.164 number (SMS) or a whatsapp: address."""
+    return E164.fullmatch(address_) is not None or WHATSAPP.fullmatch(address_) is not None
+
+
 def error_code(value: str | None) -> str | None:
     """Twilio's numeric ErrorCode, or None when absent; InvalidField when it is not a number."""
     text = (value or "").strip()

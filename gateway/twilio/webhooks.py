@@ -56,6 +56,8 @@ EMPTY_TWIML = str(MessagingResponse())
 TWIML_MIMETYPE = "text/xml"
 # Twilio attaches at most 10 media to an MMS; more MediaUrlN fields than that are not Twilio's.
 MAX_MEDIA = 10
+# Why a text from a short code or an alphanumeric sender id gets no agent reply.
+NOT_ANSWERABLE = "Not answered: replies go to phone numbers and WhatsApp addresses only."
 # Chat.end_reason of a chat the person ended by opting out (STOP).
 OPT_OUT_END_REASON = "opt_out"
 
@@ -142,9 +144,10 @@ def parse_media(form: Mapping[str, str]) -> list[dict[str, str]]:
     return media
 
 
-def decide_reply(keyword: Keyword | None, opted_out: bool) -> ReplyState:
-    """Whether the agent answers: not to keywords, not to a person who opted out."""
-    if keyword is not None or opted_out:
+def decide_reply(keyword: Keyword | None, opted_out: bool, sender: str | None = None) -> ReplyState:
+    """Whether the agent answers: not to keywords, not to a person who opted out, not to a sender
+    it cannot text back (a short code, an alphanumeric sender id)."""
+    if keyword is not None or opted_out or (sender is not None and not fields.answerable(sender)):
         return ReplyState.NONE
     return ReplyState.PENDING
 
@@ -170,7 +173,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
                     touch_chat(session.chat_id, now)
             if contact is None:
                 contact = contact_state(our, theirs)
-            reply_state = decide_reply(keyword, contact.opted_out)
+            reply_state = decide_reply(keyword, contact.opted_out, theirs)
             message_id = Message.insert(
                 chat=session.chat_id,
                 role=Role.USER.value,
@@ -183,6 +186,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 from_number=theirs,
                 to_number=our,
                 reply_state=reply_state.value,
+                error_message=None if fields.answerable(theirs) else NOT_ANSWERABLE,
                 created_at=now,
                 updated_at=now,
             ).execute()
