@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.job import Job
 
-from gateway.agent import llm, spend
+from gateway.agent import spend, structured
 from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
     LIVE_STATES,
@@ -53,6 +53,7 @@ from gateway.agent.memory import (
     job_token,
     model_for,
     parse_json_object,
+    redis_for,
     transcript,
 )
 from gateway.agent.prompt import fill_variables
@@ -230,6 +231,26 @@ def analysis_request(
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
+def field_schema(field: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of one custom field's value (null when the chat does not tell)."""
+    extra = {"description": field["description"]} if field.get("description") else {}
+    if field["type"] == "enum":
+        return structured.nullable("string", enum=[*field["choices"], None], **extra)
+    return structured.nullable(field["type"], **extra)
+
+
+def analysis_schema(fields: list[dict[str, Any]]) -> dict[str, Any]:
+    """The strict JSON Schema of the analysis answer, custom fields included (response_format)."""
+    return structured.strict_object(
+        {
+            "chat_summary": {"type": "string"},
+            "user_sentiment": structured.nullable("string", enum=[*SENTIMENTS, None]),
+            "chat_successful": structured.nullable("boolean"),
+            "custom_analysis_data": structured.strict_object({f["name"]: field_schema(f) for f in fields}),
+        }
+    )
+
+
 def parse_analysis(text: str, fields: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The stored analysis from the model's answer, or None when it holds no JSON object."""
     answer = parse_json_object(text)
@@ -283,7 +304,14 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
             log.warning("analysis: chat %s not analysed: %s", chat_id, over_budget)
             return None
         request = analysis_request(chat, agent, rows, older_left_out, fields)
-        completion = llm.complete(settings, model=model_for(agent, settings), messages=request)
+        completion = structured.complete_json(
+            settings,
+            model=model_for(agent, settings),
+            messages=request,
+            name="chat_analysis",
+            schema=analysis_schema(fields),
+            redis=redis_for(settings),
+        )
         spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
         parsed = parse_analysis(completion.text, fields)
         if parsed is None:

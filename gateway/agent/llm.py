@@ -57,11 +57,18 @@ def complete(
     messages: list[dict[str, Any]],
     temperature: float | None = None,
     max_tokens: int | None = None,
+    response_format: dict[str, Any] | None = None,
 ) -> Completion:
-    """Ask the model for the next turn (at most `max_tokens` long); raise TransientError or PermanentError."""
+    """Ask the model for the next turn (at most `max_tokens` long); raise TransientError or PermanentError.
+
+    `response_format` is passed as is (OpenAI's `{"type": "json_schema", ...}` or `json_object`);
+    gateway/agent/structured.py decides which one an endpoint gets.
+    """
     if not settings.model_configured:
         return offline_completion(messages)
     kwargs: dict[str, Any] = {"model": model, "messages": messages}
+    if response_format is not None:
+        kwargs["response_format"] = response_format
     if temperature is not None:
         kwargs["temperature"] = temperature
     if max_tokens is not None and max_tokens > 0:

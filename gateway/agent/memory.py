@@ -42,7 +42,7 @@ from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
-from gateway.agent import llm, spend
+from gateway.agent import spend, structured
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
 from gateway.queue import fetch_job, job_queue, queue_name, redis_for, retry_policy
@@ -94,8 +94,8 @@ SUMMARY_INSTRUCTIONS = (
     "context. Rewrite the current summary so it also covers the new messages. Keep every fact the "
     "person shared (names, numbers, dates, places, pets, preferences, decisions, problems, open "
     "questions) and what the assistant promised or asked; drop greetings and small talk. Write in "
-    "the third person ('The person ...', 'The assistant ...'), at most 250 words. Answer with the "
-    "summary text only."
+    "the third person ('The person ...', 'The assistant ...'), at most 250 words. Answer with ONE "
+    'JSON object and nothing else: {"summary": "<the updated summary>"}.'
 )
 PROFILE_INSTRUCTIONS = (
     "You maintain a profile of a person, built from their conversations with an assistant (an AI "
@@ -107,6 +107,19 @@ PROFILE_INSTRUCTIONS = (
     "never guess. Answer with ONE JSON object and nothing else, using keys such as "
     '"name", "preferences", "goals", "communication_style" and "facts" (lists of short strings '
     "where several items fit); leave out what is unknown."
+)
+
+
+SUMMARY_SCHEMA = structured.strict_object({"summary": {"type": "string"}})
+_LIST = {"type": "array", "items": {"type": "string"}}
+PROFILE_SCHEMA = structured.strict_object(
+    {
+        "name": structured.nullable("string"),
+        "preferences": _LIST,
+        "goals": _LIST,
+        "communication_style": structured.nullable("string"),
+        "facts": _LIST,
+    }
 )
 
 
@@ -150,6 +163,21 @@ def parse_json_object(text: str | None) -> dict[str, Any] | None:
         if isinstance(value, dict):
             return value
     return None
+
+
+def summary_text(text: str) -> str:
+    """The summary in a model's answer: the JSON's "summary", or the whole text from a server that
+    answered in prose."""
+    answer = parse_json_object(text)
+    if answer is not None and isinstance(answer.get("summary"), str):
+        return answer["summary"]
+    return text
+
+
+def redis_for(settings: Settings) -> Redis | None:
+    """The Redis of the running job or of REDIS_URL (None without one): where structured.py remembers."""
+    queue = queue_for(settings)
+    return queue.connection if queue is not None else None
 
 
 def model_for(agent: Agent, settings: Settings) -> str:
@@ -239,9 +267,16 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
     over_budget = spend.budget_refusal(settings, agent)
     if over_budget:
         return MemoryOutcome("skipped", over_budget)
-    completion = llm.complete(settings, model=model_for(agent, settings), messages=request)
+    completion = structured.complete_json(
+        settings,
+        model=model_for(agent, settings),
+        messages=request,
+        name="summary",
+        schema=SUMMARY_SCHEMA,
+        redis=redis_for(settings),
+    )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
-    summary = clip(completion.text, SUMMARY_MAX_CHARS)
+    summary = clip(summary_text(completion.text), SUMMARY_MAX_CHARS)
     if not summary:
         return MemoryOutcome("skipped", "empty answer")
     newest = rows[-1].id
@@ -374,9 +409,19 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
     over_budget = spend.budget_refusal(settings, agent)
     if over_budget:
         return MemoryOutcome("skipped", over_budget)
-    completion = llm.complete(settings, model=model, messages=request)
+    completion = structured.complete_json(
+        settings,
+        model=model,
+        messages=request,
+        name="profile",
+        schema=PROFILE_SCHEMA,
+        redis=redis_for(settings),
+    )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     updated = parse_json_object(completion.text)
+    if updated is not None:
+        # Strict schemas make every key present; unknown ones arrive as null or empty.
+        updated = {k: v for k, v in updated.items() if v not in (None, "", [], {})}
     if updated is None:
         log.warning("memory: the profile answer for %s was not a JSON object; the old profile stays", key)
         return MemoryOutcome("invalid_json", completion.text[:200])

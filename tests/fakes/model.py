@@ -89,6 +89,9 @@ class FakeModel(LoopbackServer):
         self.responder: Callable[[dict[str, Any]], str] | None = None
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most that were ever answered at once (shows concurrency)
+        # The response_format kinds accepted ("json_schema", "json_object"); None accepts every kind.
+        # Others get the 400 a server without them answers (llama.cpp, older vLLM, some proxies).
+        self.accepted_formats: set[str] | None = None
         self._fixed_reply: str | None = None
         self._queued: deque[str] = deque()
         self._failures: deque[_Failure] = deque()
@@ -125,6 +128,7 @@ class FakeModel(LoopbackServer):
             self.requests.clear()
             self.responder = None
             self.latency = 0.0
+            self.accepted_formats = None
             self._fixed_reply = None
             self._queued.clear()
             self._failures.clear()
@@ -186,6 +190,9 @@ class FakeModel(LoopbackServer):
             return Response.json(400, error_body(400, "This fake does not support stream=true."))
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return Response.json(400, error_body(400, "'messages' must be a non-empty array."))
+        refusal = self._refuse_format(body.get("response_format"))
+        if refusal is not None:
+            return refusal
         text = self._reply_for(body)
         prompt_tokens = sum(
             count_tokens(content_text(m.get("content"))) for m in body["messages"] if isinstance(m, dict)
@@ -213,6 +220,25 @@ class FakeModel(LoopbackServer):
                 },
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
+            },
+        )
+
+    def _refuse_format(self, response_format: Any) -> Response | None:
+        """A 400 for a response_format this fake is set not to accept (None: accepted)."""
+        if response_format is None or self.accepted_formats is None:
+            return None
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind in self.accepted_formats or kind == "text":
+            return None
+        return Response.json(
+            400,
+            {
+                "error": {
+                    "message": f"Invalid parameter: 'response_format' of type '{kind}' is not supported.",
+                    "type": "invalid_request_error",
+                    "param": "response_format",
+                    "code": None,
+                }
             },
         )
 
