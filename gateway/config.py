@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     spend_gateway_tokens_per_day: int = Field(
         10_000_000, ge=0, validation_alias="SPEND_GATEWAY_TOKENS_PER_DAY"
     )
+    # Chat event webhooks for agents without their own `webhook_url`, and the secret that signs them.
+    events_webhook_url: str | None = Field(None, validation_alias="EVENTS_WEBHOOK_URL")
+    events_webhook_secret: str | None = Field(None, repr=False, validation_alias="EVENTS_WEBHOOK_SECRET")
+    # Let event webhooks and tools reach private, loopback and link-local addresses (trusted networks
+    # and tests only: otherwise an agent's URL could probe the gateway's own network).
+    allow_private_urls: bool = Field(False, validation_alias="ALLOW_PRIVATE_URLS")
 
     @classmethod
     def settings_customise_sources(

@@ -88,7 +88,9 @@ def test_an_endpoint_taking_only_json_object_is_asked_with_it_from_then_on(
     fake_model.requests.clear()
     fake_model.reply_with(json.dumps({"summary": "The person booked a morning table."}))
     chat = ended_chat()
-    Agent.update(summary_memory=True, full_session_memory=False).where(Agent.agent_id == chat.agent_id).execute()
+    Agent.update(summary_memory=True, full_session_memory=False).where(
+        Agent.agent_id == chat.agent_id
+    ).execute()
     outcome = memory.update_summary(configured, chat.chat_id)
     assert outcome.outcome == "updated"
     assert kinds_asked(fake_model) == ["json_object"]

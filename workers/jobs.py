@@ -25,6 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import current_timestamp
 from rq.worker import Worker
 
+from gateway import events
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
 from gateway.conversations import operator, outbound, replies
@@ -147,7 +148,12 @@ def close_silent_chats() -> int:
     """End chats silent for longer than their agent allows (sending its closing text); how many."""
     settings = _settings()
     queue = job_queue(queue_name(settings), _redis(settings))
-    return replies.close_silent_chats(settings, on_ended=lambda chat_id: schedule_analysis(queue, chat_id))
+
+    def on_ended(chat_id: str) -> None:
+        schedule_analysis(queue, chat_id)
+        events.emit(queue, settings, events.CHAT_ENDED, chat_id)
+
+    return replies.close_silent_chats(settings, on_ended=on_ended)
 
 
 def sweep_unanswered(min_age_seconds: float | None = None) -> int:

@@ -1,6 +1,7 @@
 """The agent: reading a chat's history, building the prompt, calling the model, turning its text
 into SMS, and the memory (summary, profile) and post-chat analysis kept by the model.
 
-May import gateway.config, gateway.errors, gateway.queue, gateway.storage and gateway.twilio.media
+May import gateway.config, gateway.errors, gateway.queue, gateway.events, gateway.storage and
+gateway.twilio.media
 (MMS images for the prompt); never conversations, the Twilio webhooks or the API.
 """

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.job import Job
 
+from gateway import events
 from gateway.agent import spend, structured
 from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
@@ -53,6 +54,7 @@ from gateway.agent.memory import (
     job_token,
     model_for,
     parse_json_object,
+    queue_for,
     redis_for,
     transcript,
 )
@@ -326,6 +328,7 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
     result["messages_analyzed"] = len(rows)
     with database.connection_context():
         Chat.update(chat_analysis=result).where(Chat.chat_id == chat_id).execute()
+        events.emit(queue_for(settings), settings, events.CHAT_ANALYZED, chat_id)
     log.info("analysis: chat %s analysed (%s)", chat_id, result.get("user_sentiment"))
     return result
 

@@ -56,4 +56,5 @@ from gateway.api import (  # noqa: E402,F401
     sms_chats,
     takeover,
     usage,
+    webhook_deliveries,
 )

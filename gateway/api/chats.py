@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from gateway import events
 from gateway.agent.analysis import schedule_analysis
 from gateway.api.agents import agent_for_field
 from gateway.api.contract import PathParam, operation
@@ -60,6 +61,7 @@ def create_chat(body: ChatCreate) -> ChatDetail:
         start_timestamp=now,
         last_activity_at=now,
     )
+    emit_event(events.CHAT_STARTED, chat.chat_id)
     return chat_detail_out(chat, [])
 
 
@@ -159,4 +161,10 @@ def end_chat(chat_id: str) -> ChatDetail:
     if not ended:
         raise conflict("chat_not_ongoing", f"The chat is {chat.chat_status}, not ongoing.")
     schedule_analysis(current_app.task_queue, chat)  # type: ignore[attr-defined]  # never raises
+    emit_event(events.CHAT_ENDED, chat.chat_id)
     return detail(chat)
+
+
+def emit_event(event: str, chat_id: str) -> None:
+    """Queue a chat event for the chat's webhook (never raises; see gateway/events.py)."""
+    events.emit(current_app.task_queue, current_app.config["SETTINGS"], event, chat_id)  # type: ignore[attr-defined]

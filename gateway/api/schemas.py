@@ -28,6 +28,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
@@ -244,6 +245,17 @@ class SendingHours(Body):
     end: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["20:00"])]
 
 
+# gateway/events.py's EVENTS (tests/test_events.py checks they agree).
+EventName = Literal["chat_started", "chat_ended", "chat_analyzed", "message_received", "message_status"]
+
+
+def _unique_events(events: list[str] | None) -> list[str] | None:
+    """No event twice."""
+    if events is not None and len(set(events)) != len(events):
+        raise PydanticCustomError("unique", "an event is listed twice")
+    return events
+
+
 class AgentSettings(Body):
     """The fields of an agent a client sets; defaults are the storage layer's."""
 
@@ -329,6 +341,33 @@ class AgentSettings(Body):
         SendingHours | None,
         Field(description="Outbound starts wait for these hours (the number's timezone); null: any time."),
     ] = column_default(A.sending_hours)
+    webhook_url: Annotated[
+        str | None,
+        Field(
+            max_length=2000,
+            pattern=r"^https?://[^\s/@]+(/\S*)?$",
+            description="Where this agent's chat events are POSTed, signed (README: Chat event webhooks); "
+            "null: EVENTS_WEBHOOK_URL. Private, loopback and link-local addresses are refused at delivery "
+            "unless ALLOW_PRIVATE_URLS=1.",
+        ),
+    ] = column_default(A.webhook_url)
+    webhook_events: Annotated[
+        list[EventName] | None,
+        Field(
+            max_length=5,
+            description="The events sent; null: chat_started, chat_ended and chat_analyzed.",
+        ),
+        AfterValidator(_unique_events),
+    ] = column_default(A.webhook_events)
+    webhook_secret: Annotated[
+        str | None,
+        Field(
+            min_length=16,
+            max_length=200,
+            description="Write-only: the secret signing this agent's deliveries (X-Smsgw-Signature); null: "
+            "EVENTS_WEBHOOK_SECRET. Responses show only `webhook_secret_set`.",
+        ),
+    ] = column_default(A.webhook_secret)
 
 
 class AgentCreate(AgentSettings):
@@ -350,11 +389,40 @@ class Agent(AgentSettings, Out):
 
     agent_id: Id
     analysis_fields: list[AnalysisField]
+    webhook_secret: SkipJsonSchema[str | None] = Field(None, exclude=True)  # write-only
+    webhook_secret_set: Annotated[bool, Field(description="True when the agent has its own webhook_secret.")]
     is_default: Annotated[
         bool, Field(description=f"True for `{DEFAULT_AGENT_ID}`, which answers numbers without an agent.")
     ]
     created_at: Timestamp
     updated_at: Timestamp
+
+
+class WebhookAttempt(Out):
+    """One attempt to deliver a chat event."""
+
+    event: EventName
+    chat_id: str
+    agent_id: str
+    attempt: Annotated[int, Field(description="1 for the first try; retries count up (5 at most).")]
+    attempted_at: Annotated[str, Field(description="ISO 8601 UTC.")]
+    status_code: Annotated[int | None, Field(description="The endpoint's HTTP status; null: no answer.")]
+    outcome: Annotated[
+        Literal["delivered", "failed", "refused", "gave_up"],
+        Field(
+            description="delivered (2xx); failed (retried later when the error may pass); refused (the URL "
+            "is not allowed, or a 4xx: not retried); gave_up (the last retry failed)."
+        ),
+    ]
+    error: Annotated[str | None, Field(description="What went wrong, in a sentence.")]
+    duration_ms: int
+
+
+class WebhookDeliveries(Out):
+    """The newest delivery attempts to the agent's webhook endpoint (all agents sharing it), newest first."""
+
+    url: Annotated[str | None, Field(description="Where the agent's events go; null: nowhere.")]
+    attempts: list[WebhookAttempt]
 
 
 class AgentList(Out):

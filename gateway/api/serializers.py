@@ -46,7 +46,12 @@ def columns(row: Any, model: type[BaseModel], **computed: Any) -> dict[str, Any]
 def agent_out(agent: Agent) -> schemas.Agent:
     """An agent."""
     return schemas.Agent.model_validate(
-        columns(agent, schemas.Agent, analysis_fields=agent.analysis_fields or [])
+        columns(
+            agent,
+            schemas.Agent,
+            analysis_fields=agent.analysis_fields or [],
+            webhook_secret_set=bool(agent.webhook_secret),
+        )
     )
 
 

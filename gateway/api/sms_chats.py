@@ -16,8 +16,9 @@ import logging
 from flask import Response, current_app, jsonify, request
 from peewee import IntegrityError
 
+from gateway import events
 from gateway.api.agents import agent_for_field
-from gateway.api.chats import messages_of
+from gateway.api.chats import emit_event, messages_of
 from gateway.api.contract import json_response, operation
 from gateway.api.errors import ApiError, invalid_field
 from gateway.api.schemas import ChatDetail, SmsChatCreate
@@ -145,6 +146,7 @@ def create_sms_chat(body: SmsChatCreate):
     except Exception:
         # Recorded already: the worker's sweep sends the opening once Redis answers again.
         log.exception("could not enqueue the opening of %s; the sweep will", chat.chat_id)
+    emit_event(events.CHAT_STARTED, chat.chat_id)
     return json_response(payload, 202)
 
 

@@ -125,6 +125,12 @@ class Agent(BaseModel):
     fallback_enabled = BooleanField(default=True)  # False: a model failure sends nothing
     accepts_images = BooleanField(default=False)
     analysis_fields = JSONField(default=list)  # custom post-chat analysis fields
+    # Chat event webhooks (gateway/events.py): None takes EVENTS_WEBHOOK_URL / _SECRET; events None:
+    # the default set. The secret is write-only over the API.
+    webhook_url = TextField(null=True)
+    webhook_events = JSONField(null=True)
+    webhook_secret = TextField(null=True)
+    tools = JSONField(null=True)  # function tools and built-ins the model may call (None: none)
     # Bounds on one reply: the model's max_tokens, and how many SMS parts it may become.
     max_tokens = IntegerField(default=1024)
     max_reply_parts = IntegerField(default=5)
@@ -242,6 +248,8 @@ class Message(BaseModel):
     part_index = IntegerField(null=True)  # outbound SMS: which part of the reply
     prompt_tokens = IntegerField(null=True)
     completion_tokens = IntegerField(null=True)
+    # Agent replies: the tool calls the model made before answering, with their results.
+    tool_calls = JSONField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
 

@@ -21,6 +21,7 @@ from peewee import IntegrityError
 from redis.exceptions import RedisError
 from twilio.twiml.messaging_response import MessagingResponse
 
+from gateway import events
 from gateway.agent.analysis import schedule_analysis
 from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
 from gateway.conversations.sessions import (
@@ -93,6 +94,7 @@ class Recorded:
     reply_state: ReplyState
     keyword: Keyword | None
     chat_ended: bool  # STOP ended the chat
+    chat_started: bool  # this text opened a new chat
     retry_attempts: int
     retry_delay: float
     help_message: str | None
@@ -208,6 +210,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
         reply_state=reply_state,
         keyword=keyword,
         chat_ended=ended,
+        chat_started=session.created,
         retry_attempts=session.retry_attempts,
         retry_delay=session.retry_delay,
         help_message=session.help_message,
@@ -250,6 +253,7 @@ def inbound_sms() -> Response:
     except DuplicateMessage:
         log.info("twilio sms: %s is recorded already; not answering twice", sms.sid)
         return twiml()
+    response = None
     if recorded.reply_state is ReplyState.PENDING:
         queue_reply(recorded)
     elif recorded.chat_ended:
@@ -259,8 +263,27 @@ def inbound_sms() -> Response:
         # TwiML, not the REST API: Twilio sends it as the answer to this request.
         response = MessagingResponse()
         response.message(recorded.help_message or DEFAULT_HELP_MESSAGE)
-        return twiml(response)
-    return twiml()
+    emit_inbound_events(sms, recorded)  # after the reply is queued: events never delay it
+    return twiml(response)
+
+
+def emit_inbound_events(sms: InboundSms, recorded: Recorded) -> None:
+    """Queue the chat events an inbound text makes (never raises; see gateway/events.py)."""
+    queue, settings = current_app.task_queue, current_app.config["SETTINGS"]  # type: ignore[attr-defined]
+    if recorded.chat_started:
+        events.emit(queue, settings, events.CHAT_STARTED, recorded.chat_id)
+    message = {
+        "message_id": f"msg_{recorded.message_id}",
+        "role": Role.USER.value,
+        "content": sms.body,
+        "media": sms.media,
+        "from_number": sms.from_number,
+        "to_number": sms.to_number,
+        "twilio_sid": sms.sid,
+    }
+    events.emit(queue, settings, events.MESSAGE_RECEIVED, recorded.chat_id, message=message)
+    if recorded.chat_ended:
+        events.emit(queue, settings, events.CHAT_ENDED, recorded.chat_id)
 
 
 @bp.post("/status")
@@ -287,15 +310,31 @@ def status_callback() -> Response:
     status = map_twilio_status(twilio_status)
     if status is None:
         log.info("twilio status: %s reported %r, which is not a delivery state; ignored", sid, twilio_status)
-    elif not record_status(sid, status, error_code=error_code, error_message=error_message) and not (
-        message_exists(sid)
-    ):
+    elif record_status(sid, status, error_code=error_code, error_message=error_message):
+        emit_status_event(sid, status.value, error_code, error_message)
+    elif not message_exists(sid):
         # 200 all the same: an error status makes Twilio retry a callback we can never place.
         log.warning("twilio status: no message has sid %s (status %s)", sid, twilio_status)
     if error_code == UNSUBSCRIBED_RECIPIENT:
         our, theirs = _outbound_numbers(sid, callback_from, callback_to)
         opt_out_on_error(error_code, our, theirs)
     return twiml()
+
+
+def emit_status_event(sid: str, status: str, error_code: str | None, error_message: str | None) -> None:
+    """Queue the `message_status` event of a reply part whose status moved (never raises)."""
+    row = Message.select(Message.id, Message.chat).where(Message.twilio_sid == sid).tuples().first()
+    if row is None:
+        return
+    message = {
+        "message_id": f"msg_{row[0]}",
+        "twilio_sid": sid,
+        "status": status,
+        "error_code": error_code,
+        "error_message": error_message,
+    }
+    queue, settings = current_app.task_queue, current_app.config["SETTINGS"]  # type: ignore[attr-defined]
+    events.emit(queue, settings, events.MESSAGE_STATUS, row[1], message=message)
 
 
 def _outbound_numbers(sid: str, our: str | None, theirs: str | None) -> tuple[str | None, str | None]:
