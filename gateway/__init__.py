@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from gateway import metrics
 from gateway.config import Settings, load_settings
 from gateway.limits import RequestLimits
 from gateway.queue import connect_redis, job_queue, queue_name
@@ -25,6 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
 
+    metrics.init(settings)  # before anything is counted in this process
     db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
     db.init_app(app)
 
@@ -38,9 +40,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not settings.public_base_url:
         log.warning("PUBLIC_BASE_URL is unset: signatures are checked against the request's own URL")
 
-    from gateway import health
+    from gateway import health, monitoring
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(monitoring.bp)
     _register_blueprints(app)
     # Size caps run before Flask reads a byte of the body (see gateway/limits.py).
     app.wsgi_app = RequestLimits(app.wsgi_app)  # type: ignore[method-assign]

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     # Let event webhooks and tools reach private, loopback and link-local addresses (trusted networks
     # and tests only: otherwise an agent's URL could probe the gateway's own network).
     allow_private_urls: bool = Field(False, validation_alias="ALLOW_PRIVATE_URLS")
+    # Bearer token for GET /metrics (Prometheus); unset: /metrics is refused.
+    metrics_token: str | None = Field(None, repr=False, validation_alias="METRICS_TOKEN")
+    # Where every process (gunicorn's workers, the RQ worker) keeps its metric files; /metrics sums
+    # them. Unset: <temp dir>/smsgw-metrics-<SMSGW_QUEUE_PREFIX>, shared by the processes of one host.
+    prometheus_multiproc_dir: str | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from gateway import events, safe_http
+from gateway import events, metrics, safe_http
 from gateway.errors import PermanentError, TransientError, http_status_is_transient
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat
@@ -78,6 +78,7 @@ def deliver_event(event: str, chat_id: str, occurred_at: str, message: dict[str,
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000)
     if retry is not None and attempt["attempt"] > len(events.DELIVERY_RETRY_INTERVALS):
         attempt["outcome"] = "gave_up"
+    metrics.count("webhook_deliveries", event=event, outcome=attempt["outcome"])
     job = get_current_job()
     if job is not None:
         events.record_attempt(job.connection, settings, url, attempt)

@@ -25,7 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import current_timestamp
 from rq.worker import Worker
 
-from gateway import events
+from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
 from gateway.conversations import operator, outbound, replies
@@ -78,6 +78,7 @@ def reply_to_message(message_id: int) -> dict:
     """Answer inbound SMS `message_id`; RQ retries transient failures, never permanent ones."""
     settings = _settings()
     outcome = _attempt(lambda last: replies.answer_message(settings, message_id, last_attempt=last))
+    count_reply_outcome(outcome)
     if outcome.outcome == "answered":
         memory_jobs.after_reply(outcome.covered[-1] if outcome.covered else message_id)  # never raises
     return {
@@ -86,6 +87,18 @@ def reply_to_message(message_id: int) -> dict:
         "parts_sent": outcome.parts_sent,
         "covered": list(outcome.covered),
     }
+
+
+def count_reply_outcome(outcome: replies.ReplyOutcome) -> None:
+    """Count the texts a reply answered (and how long the oldest waited for it) in the metrics."""
+    if outcome.outcome not in ("answered", "fallback", "opted_out", "rate_limited"):
+        return  # skipped: another attempt answered and counted them
+    metrics.count("texts_received", len(outcome.covered) or 1, outcome=outcome.outcome)
+    if outcome.outcome in ("answered", "fallback") and outcome.covered:
+        with database.connection_context():
+            received = Message.select(Message.created_at).where(Message.id == outcome.covered[0]).scalar()
+        if received is not None:
+            metrics.observe("reply_delay_seconds", (utcnow() - received).total_seconds())
 
 
 def send_opening(chat_id: str) -> dict:

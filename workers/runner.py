@@ -23,6 +23,7 @@ from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY
 from rq.job import Job
 from rq.scripts import acquire_or_refresh_lock, release_lock
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.queue import JobSerializer, connect_redis, job_queue, queue_name
 from gateway.storage import db
@@ -141,6 +142,7 @@ def run_worker(settings: Settings, concurrency: int | None = None, burst: bool =
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: the worker needs Redis")
     context.configure(settings)
+    metrics.init(settings)  # before any job counts anything
     db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
     connection = connect_redis(settings.redis_url)
     name = queue_name(settings)

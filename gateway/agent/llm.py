@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import openai
 from openai import OpenAI
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import GatewayError, PermanentError, TransientError, http_status_is_transient
 
@@ -74,16 +76,26 @@ def complete(
     if max_tokens is not None and max_tokens > 0:
         # `max_tokens`, not `max_completion_tokens`: the one every OpenAI-compatible server reads.
         kwargs["max_tokens"] = max_tokens
+    started = time.perf_counter()
     try:
         response = model_client(settings).chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:
-        raise classify_openai_error(exc) from exc
+        error = classify_openai_error(exc)
+        metrics.count("model_calls", model=model, outcome=str(error.code or "error"))
+        raise error from exc
+    finally:
+        metrics.observe("model_call_seconds", time.perf_counter() - started, model=model)
+    usage = response.usage
+    metrics.count("model_calls", model=model, outcome="ok")
+    metrics.count("model_tokens", getattr(usage, "prompt_tokens", None) or 0, model=model, kind="prompt")
+    metrics.count(
+        "model_tokens", getattr(usage, "completion_tokens", None) or 0, model=model, kind="completion"
+    )
     if not response.choices:
         raise TransientError("The model returned no answer.", "empty_response")
     text = (response.choices[0].message.content or "").strip()
     if not text:
         raise TransientError("The model returned an empty answer.", "empty_response")
-    usage = response.usage
     return Completion(
         text=text,
         prompt_tokens=getattr(usage, "prompt_tokens", None),

@@ -177,7 +177,12 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The server's GATEWAY_API_KEY.",
-                }
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The server's METRICS_TOKEN (GET /metrics only).",
+                },
             },
             "schemas": schemas,
         },
@@ -328,6 +333,27 @@ OUTSIDE_V1: dict[str, Any] = {
             "summary": "The process is up",
             "security": [],
             "responses": {"200": json_response("Up.", ref("Health"))},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "tags": ["operations"],
+            "summary": "Prometheus metrics of every gateway process",
+            "description": "Prometheus text format: texts received by outcome, reply parts sent and failed "
+            "by error code, model calls, tokens and latency by model, time from text to reply, queue depth "
+            "and oldest job age, tool calls and webhook deliveries by outcome.",
+            "security": [{"metricsToken": []}],
+            "responses": {
+                "200": {
+                    "description": "The metrics.",
+                    "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}},
+                },
+                "401": json_response("No or a wrong METRICS_TOKEN.", ref("Error")),
+                "403": json_response(
+                    "METRICS_TOKEN is not set on the server: /metrics is off.", ref("Error")
+                ),
+            },
         }
     },
     "/readyz": {

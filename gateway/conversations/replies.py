@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway import metrics
 from gateway.agent import llm, spend
 from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
@@ -387,12 +388,16 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                 messaging_service_sid=sender.messaging_service_sid,
             )
         except PermanentError as exc:
-            record_part_failure([p.id for p in parts[index:] if not p.twilio_sid], exc)
+            unsent = [p.id for p in parts[index:] if not p.twilio_sid]
+            metrics.count("reply_parts", len(unsent), result="failed", error_code=str(exc.code or "error"))
+            record_part_failure(unsent, exc)
             if is_opted_out(exc):
                 _mark_opted_out(target)
             raise
-        except Exception:
+        except Exception as exc:
             _unclaim(part.id)  # let the next attempt send it at once
+            code = str(getattr(exc, "code", None) or type(exc).__name__)
+            metrics.count("reply_parts", result="retried", error_code=code)
             raise
         with database.connection_context():
             Message.update(
@@ -400,6 +405,7 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                 status=_our_status(status),
                 updated_at=utcnow(),
             ).where(Message.id == part.id).execute()
+        metrics.count("reply_parts", result="sent", error_code="")
         sent += 1
     return sent
 
@@ -453,6 +459,7 @@ def _record_failure(message_ids: list[int], error: Exception) -> None:
     """Give up on these inbound messages: reply_state failed, with the error; unsent parts fail too."""
     code, reason = _code_reason(error)
     log.warning("reply to messages %s failed for good: [%s] %s", message_ids, code, reason)
+    metrics.count("texts_received", len(message_ids), outcome="failed")
     try:
         with database.connection_context(), database.atomic():
             Message.update(

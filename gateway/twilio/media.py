@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from gateway.config import Settings
+from gateway.safe_http import address_is_public
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def check_public(host: str, port: int) -> None:
         except OSError as exc:
             raise MediaError(f"{host} could not be resolved", transient=True) from exc
         addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
-    if not addresses or not all(address.is_global for address in addresses):
+    if not addresses or not all(address_is_public(str(address)) for address in addresses):
         raise MediaError(f"{host} is not a public address")
 
 

@@ -21,7 +21,7 @@ from peewee import IntegrityError
 from redis.exceptions import RedisError
 from twilio.twiml.messaging_response import MessagingResponse
 
-from gateway import events
+from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
 from gateway.conversations.sessions import (
@@ -252,8 +252,11 @@ def inbound_sms() -> Response:
         recorded = record_inbound(sms)
     except DuplicateMessage:
         log.info("twilio sms: %s is recorded already; not answering twice", sms.sid)
+        metrics.count("texts_received", outcome="duplicate")
         return twiml()
     response = None
+    if recorded.reply_state is ReplyState.NONE:
+        metrics.count("texts_received", outcome="keyword" if recorded.keyword else "opted_out")
     if recorded.reply_state is ReplyState.PENDING:
         queue_reply(recorded)
     elif recorded.chat_ended:
