@@ -115,8 +115,7 @@ def test_outbound_then_answer_continues_the_same_chat(client, our_number, worker
     )
     assert response.status_code == 202
     chat_id = response.json["chat_id"]
-    # 30 s like the other worker tests: on a loaded machine the opening can take 10 s.
-    [opening] = fake_twilio.wait_for_messages(1, timeout=30)
+    [opening] = fake_twilio.wait_for_messages(1)
     assert opening["From"] == OURS and opening["To"] == THEIRS
     assert opening["Body"] == "Hi Ada! Your appointment is tomorrow at 10. Does that still work?"
     assert opening["StatusCallback"].endswith("/twilio/status")
@@ -130,7 +129,7 @@ def test_outbound_then_answer_continues_the_same_chat(client, our_number, worker
         {"MessageSid": "SM" + "a" * 32, "From": THEIRS, "To": OURS, "Body": "Yes, it works", "NumMedia": "0"},
     )
     assert answered.status_code == 200
-    fake_twilio.wait_for_messages(2, timeout=30)
+    fake_twilio.wait_for_messages(2)
     assert Chat.select().count() == 1
     chat = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json
     roles = [(m["role"], m["content"]) for m in chat["messages"]]

@@ -251,8 +251,11 @@ class FakeTwilio(LoopbackServer):
 
     # --- inspection ------------------------------------------------------------------------------
 
-    def wait_for_messages(self, n: int, timeout: float = 10) -> list[dict[str, Any]]:
-        """Block until at least `n` sends were accepted; returns them (AssertionError on timeout)."""
+    def wait_for_messages(self, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """Block until at least `n` sends were accepted; returns them (AssertionError on timeout).
+
+        30 s: it returns as soon as they arrive, and on a loaded machine a worker's first job can
+        take over 10 s (the worker's start, SQLite's writer queue)."""
         with self._cond:
             self.wait_until(self._cond, lambda: len(self.messages) >= n, timeout, f"{n} Twilio messages")
             return list(self.messages)
