@@ -29,7 +29,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "texts_received": (
         "counter",
-        "Inbound texts by outcome: answered, fallback, failed, duplicate, opted_out, keyword, rate_limited.",
+        "Inbound texts by outcome: answered, fallback, failed, duplicate, opted_out, keyword, rate_limited, "
+        "budget_exhausted, held.",
         ("outcome",),
     ),
     "reply_parts": (

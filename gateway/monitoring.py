@@ -15,9 +15,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.job import Job
 
 from gateway import metrics
+from gateway.queue import fetch_job
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class QueueCollector:
             oldest_age = 0.0
             ids = self.queue.get_job_ids(0, 1)
             if ids:
-                job = Job.fetch(ids[0], connection=self.queue.connection)
+                job = fetch_job(ids[0], self.queue.connection)
                 if job.enqueued_at is not None:
                     enqueued = job.enqueued_at.replace(tzinfo=job.enqueued_at.tzinfo or UTC)
                     oldest_age = max(0.0, (datetime.now(UTC) - enqueued).total_seconds())

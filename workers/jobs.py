@@ -89,9 +89,20 @@ def reply_to_message(message_id: int) -> dict:
     }
 
 
+# Reply outcomes counted in smsgw_texts_received_total ("skipped": another attempt counted them).
+COUNTED_OUTCOMES = ("answered", "fallback", "opted_out", "rate_limited", "budget_exhausted", "held")
+
+
 def count_reply_outcome(outcome: replies.ReplyOutcome) -> None:
     """Count the texts a reply answered (and how long the oldest waited for it) in the metrics."""
-    if outcome.outcome not in ("answered", "fallback", "opted_out", "rate_limited"):
+    if outcome.outcome not in (
+        "answered",
+        "fallback",
+        "opted_out",
+        "rate_limited",
+        "budget_exhausted",
+        "held",
+    ):
         return  # skipped: another attempt answered and counted them
     metrics.count("texts_received", len(outcome.covered) or 1, outcome=outcome.outcome)
     if outcome.outcome in ("answered", "fallback") and outcome.covered:
