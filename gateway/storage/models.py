@@ -130,7 +130,8 @@ class Agent(BaseModel):
     webhook_url = TextField(null=True)
     webhook_events = JSONField(null=True)
     webhook_secret = TextField(null=True)
-    tools = JSONField(null=True)  # function tools and built-ins the model may call (None: none)
+    # Reserved for agent tools (function tools, end_chat, handoff_to_human): nothing reads it yet.
+    tools = JSONField(null=True)
     # Bounds on one reply: the model's max_tokens, and how many SMS parts it may become.
     max_tokens = IntegerField(default=1024)
     max_reply_parts = IntegerField(default=5)
@@ -248,7 +249,7 @@ class Message(BaseModel):
     part_index = IntegerField(null=True)  # outbound SMS: which part of the reply
     prompt_tokens = IntegerField(null=True)
     completion_tokens = IntegerField(null=True)
-    # Agent replies: the tool calls the model made before answering, with their results.
+    # Reserved for agent tools: the tool calls a reply made, with their results; nothing writes it yet.
     tool_calls = JSONField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
