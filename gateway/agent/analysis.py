@@ -55,13 +55,12 @@ from gateway.agent.memory import (
     model_for,
     parse_json_object,
     queue_for,
-    redis_for,
     transcript,
 )
 from gateway.agent.prompt import fill_variables
 from gateway.config import Settings
 from gateway.errors import TransientError
-from gateway.queue import retry_policy
+from gateway.queue import redis_for, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, Message, Role, utcnow
 

@@ -174,12 +174,6 @@ def summary_text(text: str) -> str:
     return text
 
 
-def redis_for(settings: Settings) -> Redis | None:
-    """The Redis of the running job or of REDIS_URL (None without one): where structured.py remembers."""
-    queue = queue_for(settings)
-    return queue.connection if queue is not None else None
-
-
 def model_for(agent: Agent, settings: Settings) -> str:
     """The model the agent talks with (memory jobs use the same one)."""
     return agent.model or settings.openai_model
