@@ -9,17 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.storage.models import Chat, Message, MessageStatus, Role
+from gateway.storage.models import Chat, Message, MessageKind, MessageStatus, Role
 from gateway.twilio.channels import describe_details
 from gateway.twilio.media import MAX_IMAGES, describe, is_image, pending_image
 
+# The kinds of message that are the conversation itself. Keyword texts (STOP/START/HELP...),
+# texts received while the person was opted out, the HELP answer and gateway notices are kept
+# and shown in the transcript, but the model, the summary, the profile and the analysis never
+# read them: consent traffic is between the person and the gateway, not the agent.
+CONVERSATION_KINDS = (MessageKind.TEXT.value, MessageKind.OPERATOR.value)
+
 
 def in_conversation():
-    """Messages the person saw or wrote: not agent parts that failed before Twilio took them.
+    """Messages of the conversation the agent takes part in, as the person saw or wrote them.
 
-    Spelled out without NOT(...) because status is NULL on API messages and NOT(NULL) drops rows.
+    Only ordinary texts and operator messages (see CONVERSATION_KINDS), and not agent parts that
+    failed before Twilio took them. Spelled out without NOT(...) because status is NULL on API
+    messages and NOT(NULL) drops rows.
     """
-    return (
+    return Message.kind.in_(CONVERSATION_KINDS) & (
         (Message.role != Role.AGENT.value)
         | Message.status.is_null()
         | (Message.status != MessageStatus.FAILED.value)

@@ -35,6 +35,7 @@ from gateway.storage.models import (
     ChatType,
     Contact,
     Message,
+    MessageKind,
     MessageStatus,
     Role,
     utcnow,
@@ -157,6 +158,7 @@ def store_opening(
             {
                 "chat": chat.chat_id,
                 "role": Role.AGENT.value,
+                "kind": MessageKind.TEXT.value,
                 "content": text,
                 "media": [{"url": url, "content_type": None} for url in media_urls] if index == 0 else [],
                 "details": details if index == 0 else None,
@@ -223,6 +225,7 @@ def _record_opening_failure(chat: Chat, exc: Exception) -> None:
         Message.create(
             chat=chat.chat_id,
             role=Role.AGENT.value,
+            kind=MessageKind.NOTICE.value,
             content="",
             status=MessageStatus.FAILED.value,
             error_code=code,

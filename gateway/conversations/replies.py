@@ -46,6 +46,7 @@ from gateway.storage.models import (
     ChatType,
     Contact,
     Message,
+    MessageKind,
     MessageStatus,
     ReplyState,
     Role,
@@ -314,6 +315,8 @@ def _store_parts(
             {
                 "chat": target.chat_id,
                 "role": Role.AGENT.value,
+                # A fallback is the gateway's words, not the agent's: the model never reads it.
+                "kind": (MessageKind.TEXT if failure is None else MessageKind.NOTICE).value,
                 "content": text,
                 "status": MessageStatus.QUEUED.value,
                 "from_number": target.our_number,
@@ -636,6 +639,7 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
                     Message.insert(
                         chat=chat.chat_id,
                         role=Role.AGENT.value,
+                        kind=MessageKind.NOTICE.value,  # the chat is over: a closing notice
                         content=body,
                         status="sending",
                         from_number=target.our_number,

@@ -35,7 +35,16 @@ from gateway.conversations.sessions import (
 )
 from gateway.queue import enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
-from gateway.storage.models import Channel, Chat, Message, MessageStatus, ReplyState, Role, utcnow
+from gateway.storage.models import (
+    Channel,
+    Chat,
+    Message,
+    MessageKind,
+    MessageStatus,
+    ReplyState,
+    Role,
+    utcnow,
+)
 from gateway.twilio import fields
 from gateway.twilio.channels import channel_of, whatsapp_details
 from gateway.twilio.keywords import Keyword, match_keyword
@@ -154,6 +163,13 @@ def decide_reply(keyword: Keyword | None, opted_out: bool, sender: str | None = 
     return ReplyState.PENDING
 
 
+def message_kind(keyword: Keyword | None, opted_out: bool) -> MessageKind:
+    """What an inbound text is to the conversation: a keyword, a text while opted out, or a text."""
+    if keyword is not None:
+        return MessageKind.KEYWORD
+    return MessageKind.OPTED_OUT if opted_out else MessageKind.TEXT
+
+
 def record_inbound(sms: InboundSms) -> Recorded:
     """Record an inbound message with its chat and contact in one transaction.
 
@@ -179,6 +195,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
             message_id = Message.insert(
                 chat=session.chat_id,
                 role=Role.USER.value,
+                kind=message_kind(keyword, contact.opted_out).value,
                 content=sms.body,
                 truncated=sms.truncated,
                 media=sms.media,
@@ -193,6 +210,8 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 updated_at=now,
             ).execute()
             ended = False
+            if keyword is Keyword.HELP:
+                record_help_answer(session, message_id, our, theirs, now)
             if keyword is Keyword.STOP:
                 if not contact.opted_out:
                     set_contact_opt_out(contact.id, True, now)
@@ -215,6 +234,32 @@ def record_inbound(sms: InboundSms) -> Recorded:
         retry_delay=session.retry_delay,
         help_message=session.help_message,
     )
+
+
+def help_text(help_message: str | None) -> str:
+    """The answer to HELP: the agent's help text, else the built-in one."""
+    return (help_message or "").strip() or DEFAULT_HELP_MESSAGE
+
+
+def record_help_answer(session, help_id: int, our: str, theirs: str, now) -> None:
+    """Store the HELP answer as a message of the chat, so the transcript shows what the person got.
+
+    Twilio sends it as the TwiML answer to this very request (no SID of its own comes back), so
+    it is stored as `sent`; its kind keeps it out of everything the model reads.
+    """
+    Message.insert(
+        chat=session.chat_id,
+        role=Role.AGENT.value,
+        kind=MessageKind.HELP_ANSWER.value,
+        content=help_text(session.help_message),
+        status=MessageStatus.SENT.value,
+        from_number=our,
+        to_number=theirs,
+        reply_to=help_id,
+        part_index=0,
+        created_at=now,
+        updated_at=now,
+    ).execute()
 
 
 def queue_reply(recorded: Recorded) -> None:
@@ -265,7 +310,7 @@ def inbound_sms() -> Response:
     elif recorded.keyword is Keyword.HELP:
         # TwiML, not the REST API: Twilio sends it as the answer to this request.
         response = MessagingResponse()
-        response.message(recorded.help_message or DEFAULT_HELP_MESSAGE)
+        response.message(help_text(recorded.help_message))
     emit_inbound_events(sms, recorded)  # after the reply is queued: events never delay it
     return twiml(response)
 
