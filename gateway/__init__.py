@@ -10,6 +10,7 @@ from flask import Flask
 from gateway import metrics
 from gateway.config import Settings, load_settings
 from gateway.limits import RequestLimits
+from gateway.logs import configure_logging, describe_setup, is_configured
 from gateway.queue import connect_redis, job_queue, queue_name
 from gateway.storage import db
 
@@ -27,6 +28,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
 
     metrics.init(settings)  # before anything is counted in this process
+    if not is_configured():  # under gunicorn: nobody set up logging yet
+        configure_logging(settings)
+    log.info(describe_setup(settings, "web"))
     db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
     db.init_app(app)
 

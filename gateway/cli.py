@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from gateway.config import Settings, SettingsError, load_settings
@@ -21,7 +19,13 @@ def _settings() -> Settings:
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
     """Self-hosted SMS/MMS gateway for LLM chat agents."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import configure_logging
+
+    try:
+        settings: Settings | None = _settings()
+    except Exception:  # a bad setting is reported by the command that reads it, in one line
+        settings = None
+    configure_logging(settings, level=log_level)
 
 
 @main.group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     # Where every process (gunicorn's workers, the RQ worker) keeps its metric files; /metrics sums
     # them. Unset: <temp dir>/smsgw-metrics-<SMSGW_QUEUE_PREFIX>, shared by the processes of one host.
     prometheus_multiproc_dir: str | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+    # Log lines as text, or "json" (one JSON object per line with the same fields).
+    log_format: Literal["text", "json"] = Field("text", validation_alias="LOG_FORMAT")
+    # Messages older than this many days are deleted by a periodic job (None: kept forever).
+    retention_days: int | None = Field(None, ge=1, validation_alias="RETENTION_DAYS")
 
     @classmethod
     def settings_customise_sources(

@@ -14,11 +14,13 @@ TWILIO_PERMANENT_CODES = frozenset({TWILIO_OPTED_OUT, 21211, 21614, 21617, 21608
 class GatewayError(Exception):
     """A failure talking to a service, with a machine code and a sentence a person can read."""
 
-    def __init__(self, reason: str, code: str | int | None = None) -> None:
-        """Keep the code (Twilio's error code, an HTTP status, or a short name) and the reason."""
+    def __init__(self, reason: str, code: str | int | None = None, endpoint: str | None = None) -> None:
+        """Keep the code (Twilio's error code, an HTTP status, or a short name), the reason, and
+        the endpoint that failed (a URL without secrets, for the log line)."""
         super().__init__(reason)
         self.reason = reason
         self.code = None if code is None else str(code)
+        self.endpoint = endpoint
 
     def __str__(self) -> str:
         """`[code] reason`."""
@@ -26,7 +28,7 @@ class GatewayError(Exception):
 
     def __reduce__(self):
         """Pickle with both fields (RQ stores failures across processes)."""
-        return (type(self), (self.reason, self.code))
+        return (type(self), (self.reason, self.code, self.endpoint))
 
 
 class TransientError(GatewayError):

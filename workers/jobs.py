@@ -29,7 +29,7 @@ from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
 from gateway.conversations import operator, outbound, replies
-from gateway.errors import PermanentError
+from gateway.errors import GatewayError, PermanentError
 from gateway.queue import (
     LIVE_STATES,
     JobSerializer,
@@ -138,11 +138,22 @@ def _attempt(run):
     # (the phases' own connection contexts nest in it) saves reopening it for every phase.
     # PostgreSQL's phases keep returning theirs to the pool while the model is waited on.
     keep = database.connection_context() if db.is_sqlite() else contextlib.nullcontext()
+    last = job is None or not job.retries_left
     try:
         with keep:
-            return run(job is None or not job.retries_left)
-    except PermanentError:
-        if job is not None:
+            return run(last)
+    except GatewayError as exc:
+        # One line per failed attempt, no traceback (gateway.logs drops RQ's for these errors).
+        final = last or isinstance(exc, PermanentError)
+        log.warning(
+            "%s: attempt failed at %s: %s (%s)",
+            job.description if job is not None else "job",
+            exc.endpoint or "the gateway",
+            exc,
+            "giving up" if final else "will retry",
+            extra={"endpoint": exc.endpoint, "code": exc.code, "job_id": job.id if job is not None else None},
+        )
+        if isinstance(exc, PermanentError) and job is not None:
             job.retries_left = 0
         raise
     except SenderPaced as exc:

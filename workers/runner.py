@@ -25,6 +25,7 @@ from rq.scripts import acquire_or_refresh_lock, release_lock
 
 from gateway import metrics
 from gateway.config import Settings
+from gateway.logs import configure_logging, describe_setup, is_configured
 from gateway.queue import JobSerializer, connect_redis, job_queue, queue_name
 from gateway.storage import db
 from workers import context
@@ -137,8 +138,9 @@ class PeriodicJobs:
 
 def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
     """Run the gateway's worker until SIGTERM/SIGINT (or, with burst, until the queue is empty)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_configured():
+        configure_logging(settings)
+    log.info(describe_setup(settings, "worker"))
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: the worker needs Redis")
     context.configure(settings)

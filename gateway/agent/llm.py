@@ -81,6 +81,9 @@ def complete(
         response = model_client(settings).chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:
         error = classify_openai_error(exc)
+        error.endpoint = (
+            f"{(settings.openai_base_url or OPENAI_DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+        )
         metrics.count("model_calls", model=model, outcome=str(error.code or "error"))
         raise error from exc
     finally:

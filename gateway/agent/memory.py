@@ -45,6 +45,7 @@ from rq.rate_limit import RateLimit
 from gateway.agent import spend, structured
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
+from gateway.logs import mask_number
 from gateway.queue import fetch_job, job_queue, queue_name, redis_for, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import (
@@ -417,10 +418,12 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
         # Strict schemas make every key present; unknown ones arrive as null or empty.
         updated = {k: v for k, v in updated.items() if v not in (None, "", [], {})}
     if updated is None:
-        log.warning("memory: the profile answer for %s was not a JSON object; the old profile stays", key)
+        log.warning(
+            "memory: the profile answer for %s was not a JSON object; the old profile stays", key_label(key)
+        )
         return MemoryOutcome("invalid_json", completion.text[:200])
     if len(json.dumps(updated, ensure_ascii=False)) > PROFILE_MAX_JSON_CHARS:
-        log.warning("memory: the profile answer for %s is too big; the old profile stays", key)
+        log.warning("memory: the profile answer for %s is too big; the old profile stays", key_label(key))
         return MemoryOutcome("invalid_json", "profile too big")
     newest = rows[-1].id
     now = utcnow()
@@ -444,7 +447,7 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
             )
     if not written:
         return MemoryOutcome("skipped", "the profile moved meanwhile")
-    log.info("memory: profile %s now covers up to message %s", key, newest)
+    log.info("memory: profile %s now covers up to message %s", key_label(key), newest)
     return MemoryOutcome("updated", f"covers up to message {newest}")
 
 
@@ -478,6 +481,17 @@ def profile_section(chat: Chat, agent: Agent, settings: Settings) -> str | None:
 
 
 # --- scheduling -----------------------------------------------------------------------------------
+
+
+def key_label(key: str) -> str:
+    """A profile key as logs and job descriptions show it: a phone number by its last 4 digits."""
+    kind, _, value = key.partition(":")
+    return f"phone:{mask_number(value)}" if kind == "phone" else key
+
+
+def key_hash(key: str) -> str:
+    """A profile key as job ids and rate-limit keys hold it: a hash, never the number itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def job_token(value: str) -> str:
@@ -552,7 +566,7 @@ def summary_job_id(chat_id: str) -> str:
 
 def profile_job_id(key: str) -> str:
     """The base job id of a profile's updates."""
-    return f"memory-profile-{job_token(key)}"
+    return f"memory-profile-{key_hash(key)}"
 
 
 def schedule_summary(queue: Queue, chat_id: str, agent: Agent | None = None) -> Job | None:
@@ -576,10 +590,10 @@ def schedule_profile(queue: Queue, key: str, agent: Agent | None = None) -> Job 
         PROFILE_JOB,
         key,
         base_id=profile_job_id(key),
-        rate_key=f"memory-profile:{key}",
+        rate_key=f"memory-profile:{key_hash(key)}",
         retry_attempts=agent.retry_attempts if agent is not None else DEFAULT_RETRY_ATTEMPTS,
         retry_delay=max(agent.retry_delay, 1.0) if agent is not None else DEFAULT_RETRY_DELAY,
-        description=f"update the user profile {key}",
+        description=f"update the user profile {key_label(key)}",
     )
 
 

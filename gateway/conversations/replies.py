@@ -37,6 +37,7 @@ from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
 from gateway.config import Settings
 from gateway.conversations.refusals import refuse_reply
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
+from gateway.logs import mask_number, traffic
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
     Agent,
@@ -409,8 +410,22 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
                 updated_at=utcnow(),
             ).where(Message.id == part.id).execute()
         metrics.count("reply_parts", result="sent", error_code="")
+        log_part_out(target, index, len(parts), _our_status(status))
         sent += 1
     return sent
+
+
+def log_part_out(target: SmsTarget, index: int, count: int, status: str) -> None:
+    """The one INFO line of a part Twilio took (the number shown by its last 4 digits)."""
+    log.info(
+        "sms out: chat %s to %s, part %d/%d %s",
+        target.chat_id,
+        mask_number(target.their_number),
+        index + 1,
+        count,
+        status,
+        extra=traffic(target.chat_id, "out", status, target.their_number, part=index + 1),
+    )
 
 
 def _claim(part_id: int) -> bool:
@@ -671,3 +686,4 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
             Message.update(twilio_sid=sid, status=_our_status(status), updated_at=utcnow()).where(
                 Message.id == part_id
             ).execute()
+        log_part_out(target, index, len(ids), _our_status(status))

@@ -83,14 +83,17 @@ def send_sms(
         kwargs["media_url"] = list(media_urls)
     if status_callback:
         kwargs["status_callback"] = status_callback
+    endpoint = f"{settings.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/…/Messages.json"
     try:
         message = twilio_client(settings).messages.create(**kwargs)
     except TwilioRestException as exc:
-        raise classify_twilio_error(exc) from exc
+        error = classify_twilio_error(exc)
+        error.endpoint = endpoint
+        raise error from exc
     except requests.RequestException as exc:
-        raise TransientError(f"Could not reach Twilio: {exc}", "connection_error") from exc
+        raise TransientError(f"Could not reach Twilio: {exc}", "connection_error", endpoint) from exc
     except TwilioException as exc:
-        raise PermanentError(f"Twilio client error: {exc}", "twilio_error") from exc
+        raise PermanentError(f"Twilio client error: {exc}", "twilio_error", endpoint) from exc
     return message.sid, (message.status or "queued")
 
 

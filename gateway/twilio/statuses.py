@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from gateway.conversations.sessions import set_opted_out
+from gateway.logs import mask_number
 from gateway.storage.models import Message, MessageStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -99,5 +100,5 @@ def opt_out_on_error(error_code: str | None, our_number: str | None, phone_numbe
     if error_code != UNSUBSCRIBED_RECIPIENT or not our_number or not phone_number:
         return False
     set_opted_out(our_number, phone_number, True)
-    log.info("twilio status: %s opted out of %s (error 21610)", phone_number, our_number)
+    log.info("twilio status: %s opted out of %s (error 21610)", mask_number(phone_number), our_number)
     return True

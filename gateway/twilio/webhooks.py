@@ -33,6 +33,7 @@ from gateway.conversations.sessions import (
     sms_session,
     touch_chat,
 )
+from gateway.logs import mask_number, traffic
 from gateway.queue import enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
 from gateway.storage.models import (
@@ -299,6 +300,14 @@ def inbound_sms() -> Response:
         log.info("twilio sms: %s is recorded already; not answering twice", sms.sid)
         metrics.count("texts_received", outcome="duplicate")
         return twiml()
+    log.info(
+        "sms in: chat %s from %s, received (%s; reply %s)",
+        recorded.chat_id,
+        mask_number(sms.from_number),
+        recorded.keyword.value if recorded.keyword else "text",
+        recorded.reply_state.value,
+        extra=traffic(recorded.chat_id, "in", MessageStatus.RECEIVED.value, sms.from_number),
+    )
     response = None
     if recorded.reply_state is ReplyState.NONE:
         metrics.count("texts_received", outcome="keyword" if recorded.keyword else "opted_out")

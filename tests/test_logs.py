@@ -1,0 +1,141 @@
+"""Logs a person can read: no full phone number or secret anywhere, one line per text and per failure."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from gateway.logs import Redactor, configure_logging, describe_setup, make_handler, mask_number, safe_url
+from gateway.storage.models import Agent, Message, PhoneNumber, UserProfile
+from tests.conftest import AUTH_TOKEN, GATEWAY_API_KEY, WorkerProcess, post_twilio, wait_for
+from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
+
+SECRETS = (AUTH_TOKEN, GATEWAY_API_KEY, "sk-test")
+
+
+def leaks(text: str) -> list[str]:
+    """Full phone numbers (with or without +) and secrets found in `text`."""
+    found = [s for s in SECRETS if s in text]
+    for number in (PERSON, OUR_NUMBER):
+        if number in text or number.lstrip("+") in text:
+            found.append(number)
+    return found
+
+
+@pytest.fixture
+def captured(settings):
+    """Every log line of this process, as the gateway's own handler writes them."""
+    buffer = io.StringIO()
+    handler = make_handler(settings, "text", stream=buffer)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield buffer
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def test_redaction_of_numbers_secrets_and_urls():
+    """A number keeps its last 4 digits; secrets and URL passwords are hidden."""
+    redact = Redactor(["s3cret-token"])
+    assert mask_number("+14155550123") == "***0123"
+    assert redact("to +14155550123 key s3cret-token url To=%2B14155550123") == (
+        "to ***0123 key *** url To=***0123"
+    )
+    assert safe_url("postgresql://app:p%40ss@db.example:5432/smsgw?sslmode=require") == (
+        "postgresql://app:***@db.example:5432/smsgw"
+    )
+    assert safe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert safe_url("sqlite:////var/lib/smsgw/x.db") == "sqlite:////var/lib/smsgw/x.db"
+
+
+def test_startup_line_names_every_service_without_secrets(settings_with):
+    """Database, Redis, model endpoint and model, Twilio origin; no password, no key."""
+    settings = settings_with(database_url="postgresql://app:hunter2-pass@db.example/smsgw")
+    line = describe_setup(settings, "web")
+    for part in ("postgresql://app:***@db.example/smsgw", settings.redis_url, "fake-model", "/v1"):
+        assert part in line
+    assert settings.twilio_api_base_url in line
+    assert "hunter2-pass" not in line and not leaks(line)
+
+
+def test_end_to_end_run_with_profile_memory_leaks_no_number_or_secret(
+    client, settings, tmp_path, fake_model, fake_twilio, redis_conn, captured
+):
+    """Texts in, replies out, a failed model attempt and a profile update: logs, job ids and
+    job descriptions never hold a full phone number or a secret; each text is one line."""
+    agent = Agent.create(
+        system_prompt="Be brief.", user_analysis_memory=True, retry_delay=0, retry_attempts=2
+    )
+    PhoneNumber.create(phone_number=OUR_NUMBER, inbound_agent=agent)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        fake_model.fail_next(status=500)
+        for body in ("Hi, I am Ada.", "I like tea.", "Bye for now."):
+            form = inbound_sms(body)
+            post_twilio(client, "/twilio/sms", form)
+            message = Message.get(Message.twilio_sid == form["MessageSid"])
+            wait_for(lambda m=message: Message.get_by_id(m.id).reply_state == "answered", 30, message=body)
+        wait_for(lambda: UserProfile.get_or_none(UserProfile.key == f"phone:{PERSON}"), 30, message="profile")
+        job_keys = [k.decode() for k in redis_conn.scan_iter("rq:job:*")]
+        descriptions = [
+            (redis_conn.hget(k, "description") or b"").decode()
+            for k in job_keys
+            if redis_conn.type(k) == b"hash"
+        ]
+    finally:
+        worker.stop()
+    worker_log, web_log = worker.log(), captured.getvalue()
+
+    assert any(k.startswith("rq:job:memory-profile-") for k in job_keys)
+    assert any("user profile phone:***0123" in d for d in descriptions)
+    for where, text in (("worker log", worker_log), ("web log", web_log)):
+        assert not leaks(text), (where, leaks(text))
+    assert not leaks("\n".join(job_keys + descriptions))
+    # One line per text in (web) and per part out (worker), the number by its last 4 digits.
+    assert len(re.findall(r"sms in: chat chat_\w+ from \*\*\*0123, received", web_log)) == 3
+    assert len(re.findall(r"sms out: chat chat_\w+ to \*\*\*0123, part 1/1", worker_log)) == 3
+    # The failed model attempt: one line naming the endpoint and the reason, no traceback.
+    failed = [line for line in worker_log.splitlines() if "attempt failed at" in line]
+    assert len(failed) == 1 and f"{fake_model.url}/v1/chat/completions" in failed[0] and "500" in failed[0]
+    assert "Traceback" not in worker_log
+    # The twilio client's request dumps are silenced.
+    assert "twilio.http_client" not in worker_log
+
+
+def test_json_log_lines_parse_with_the_same_fields(settings):
+    """LOG_FORMAT=json: one JSON object per line, with the text line's fields."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    try:
+        configure_logging(settings, log_format="json")
+        ours = [h for h in root.handlers if getattr(h, "_smsgw", False)][0]
+        ours.setStream(buffer)
+        from gateway.logs import traffic
+
+        logging.getLogger("gateway.test").info(
+            "sms in: chat %s from %s",
+            "chat_1",
+            mask_number(PERSON),
+            extra=traffic("chat_1", "in", "received", PERSON),
+        )
+        logging.getLogger("gateway.test").info("the key is %s", GATEWAY_API_KEY)
+    finally:
+        for handler in [h for h in root.handlers if h not in saved]:
+            root.removeHandler(handler)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert lines[0]["message"] == "sms in: chat chat_1 from ***0123"
+    assert (lines[0]["chat_id"], lines[0]["direction"], lines[0]["status"], lines[0]["number"]) == (
+        "chat_1",
+        "in",
+        "received",
+        "***0123",
+    )
+    assert lines[1]["message"] == "the key is ***"
