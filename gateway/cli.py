@@ -1,4 +1,4 @@
-"""The `smsgw` command: dev, worker, db upgrade, numbers."""
+"""The `smsgw` command: dev, worker, db upgrade, numbers, contacts."""
 
 from __future__ import annotations
 
@@ -129,6 +129,75 @@ def numbers_configure(phone_number: str, base_url: str | None, service: bool) ->
     for name, old, new in result.changes:
         click.echo(f"  {name}: {old or '(not set)'} -> {new}")
     click.echo("registered with the gateway (answered by its inbound agent, or the default agent)")
+
+
+@main.group()
+def contacts() -> None:
+    """What is stored about a person: export it, or erase it."""
+
+
+def _person(phone_number: str) -> str:
+    """The number in E.164 form, or a usage error."""
+    from gateway.api.validation import normalize_e164
+
+    normalized = normalize_e164(phone_number.strip())
+    if normalized is None:
+        raise click.BadParameter(f"{phone_number!r} is not a valid phone number in E.164 form (+14155550123)")
+    return normalized
+
+
+def _open_database(settings: Settings) -> None:
+    """Point the process at the configured database (schema upgraded)."""
+    from gateway.storage import db as database
+
+    database.init_database(settings.resolved_database_url(), pool_size=2)
+    database.upgrade()
+
+
+@contacts.command("export")
+@click.argument("phone_number")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file (default: stdout).")
+def contacts_export(phone_number: str, output: str | None) -> None:
+    """Print everything stored about PHONE_NUMBER as JSON."""
+    import json
+
+    from gateway.conversations.contacts import export_person
+
+    phone = _person(phone_number)
+    settings = _settings()
+    _open_database(settings)
+    text = json.dumps(export_person(phone), indent=2, ensure_ascii=False, default=str)
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@contacts.command("erase")
+@click.argument("phone_number")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def contacts_erase(phone_number: str, yes: bool) -> None:
+    """Delete everything stored about PHONE_NUMBER: chats, messages, media references, profile,
+    opt-out state, idempotency keys and queued jobs."""
+    from rq import Queue
+
+    from gateway.conversations.contacts import erase_person
+    from gateway.queue import connect_redis, queue_name
+
+    phone = _person(phone_number)
+    settings = _settings()
+    if not yes:
+        click.confirm(f"Erase everything stored about {phone}? This cannot be undone", abort=True)
+    _open_database(settings)
+    queue = None
+    if settings.redis_url:
+        queue = Queue(queue_name(settings), connection=connect_redis(settings.redis_url))
+    else:
+        click.echo("REDIS_URL is not set: no queued jobs were looked for", err=True)
+    counts = erase_person(phone, queue)
+    click.echo("erased: " + ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in counts.items()))
 
 
 def _twilio_or_exit(settings: Settings, factory):

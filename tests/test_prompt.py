@@ -53,7 +53,8 @@ def agent_part(chat: Chat, content: str, reply_to: Message, part_index: int = 0,
     [
         ("Hi {{name}}!", {"name": "Ana"}, "Hi Ana!"),
         ("Hi {{ name }}, order {{order_id}}", {"name": "Bo", "order_id": 42}, "Hi Bo, order 42"),
-        ("Hi {{name}} {{unknown}}", {"name": "Cy"}, "Hi Cy {{unknown}}"),
+        ("Hi {{name}} {{unknown}}", {"name": "Cy"}, "Hi Cy "),
+        ("Hi {{name}}!", {"name": None}, "Hi !"),
         ("No vars {here}", {"here": "x"}, "No vars {here}"),
         ("{{a}}{{a}}", {"a": "x"}, "xx"),
         ("", {"a": "x"}, ""),
@@ -71,11 +72,24 @@ def test_system_prompt_and_history_in_order(database):
     user(chat, "what time do you open?")
     messages = build_messages(chat, agent, SETTINGS)
     assert messages == [
-        {"role": "system", "content": "You help Ana at {{shop}}."},
+        {"role": "system", "content": "You help Ana at ."},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello!"},
         {"role": "user", "content": "what time do you open?"},
     ]
+
+
+def test_inbound_chats_take_the_agents_default_variables(database):
+    """A chat with no variables of its own (inbound SMS) is filled from the agent's defaults;
+    a chat's own value wins; a variable nobody set is left out."""
+    agent = Agent.create(
+        system_prompt="You work at {{shop}} for {{name}}.{{missing}}",
+        default_dynamic_variables={"shop": "Acme", "name": "our customers"},
+    )
+    inbound = make_chat(agent)
+    assert build_messages(inbound, agent, SETTINGS)[0]["content"] == "You work at Acme for our customers."
+    own = make_chat(agent, dynamic_variables={"name": "Ana"})
+    assert build_messages(own, agent, SETTINGS)[0]["content"] == "You work at Acme for Ana."
 
 
 def test_no_system_message_when_prompt_empty(database):

@@ -28,7 +28,7 @@ from rq.worker import Worker
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
-from gateway.conversations import operator, outbound, replies
+from gateway.conversations import operator, outbound, replies, retention
 from gateway.errors import GatewayError, PermanentError
 from gateway.queue import (
     LIVE_STATES,
@@ -189,6 +189,11 @@ def close_silent_chats() -> int:
         events.emit(queue, settings, events.CHAT_ENDED, chat_id)
 
     return replies.close_silent_chats(settings, on_ended=on_ended)
+
+
+def delete_expired_messages() -> dict:
+    """Delete messages older than RETENTION_DAYS (nothing when it is unset); the counts deleted."""
+    return retention.delete_expired(_settings().retention_days)
 
 
 def sweep_unanswered(min_age_seconds: float | None = None) -> int:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PERIODIC_JOBS: tuple[tuple[str, int], ...] = (
     ("workers.jobs.sweep_unanswered", 15),
     ("workers.jobs.close_silent_chats", 60),
+    ("workers.jobs.delete_expired_messages", 3600),  # RETENTION_DAYS
 )
 # A periodic run that takes longer than this is stopped by RQ (it will run again soon anyway).
 PERIODIC_JOB_TIMEOUT = 120

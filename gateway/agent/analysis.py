@@ -57,7 +57,7 @@ from gateway.agent.memory import (
     queue_for,
     transcript,
 )
-from gateway.agent.prompt import fill_variables
+from gateway.agent.prompt import chat_variables, fill_variables
 from gateway.config import Settings
 from gateway.errors import TransientError
 from gateway.queue import redis_for, retry_policy
@@ -218,7 +218,7 @@ def analysis_request(
     chat: Chat, agent: Agent, rows: list[Message], older_left_out: bool, fields: list[dict[str, Any]]
 ) -> list[dict[str, str]]:
     """The model request for one chat's analysis: instructions, the agent's goal, the conversation."""
-    goal = clip(fill_variables(agent.system_prompt, chat.dynamic_variables), SYSTEM_PROMPT_MAX_CHARS)
+    goal = clip(fill_variables(agent.system_prompt, chat_variables(chat, agent)), SYSTEM_PROMPT_MAX_CHARS)
     system = (
         f"{ANALYSIS_INSTRUCTIONS}\n\n{describe_fields(fields)}\n\n"
         f"The assistant's instructions (its system prompt):\n<<<\n{goal or '(none)'}\n>>>"

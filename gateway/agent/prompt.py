@@ -28,19 +28,27 @@ SystemSection = Callable[[Chat, Agent, Settings], "str | None"]
 
 
 def fill_variables(template: str, variables: dict[str, Any] | None) -> str:
-    """Replace `{{name}}` with the chat's dynamic variable; unknown names stay as written."""
+    """Replace `{{name}}` with its value; a name with no value is left out (never sent as braces)."""
     values = variables or {}
 
     def replace(match: re.Match) -> str:
-        name = match.group(1)
-        return str(values[name]) if name in values and values[name] is not None else match.group(0)
+        value = values.get(match.group(1))
+        return "" if value is None else str(value)
 
     return VARIABLE.sub(replace, template or "")
 
 
+def chat_variables(chat: Chat, agent: Agent) -> dict[str, Any]:
+    """The variables a chat's prompt is filled with: the agent's defaults, overridden by the chat's own.
+
+    Inbound SMS chats have none of their own, so the agent's `default_dynamic_variables` fill them.
+    """
+    return {**(agent.default_dynamic_variables or {}), **(chat.dynamic_variables or {})}
+
+
 def system_prompt_section(chat: Chat, agent: Agent, settings: Settings) -> str | None:
     """The agent's system prompt with the chat's dynamic variables filled in."""
-    text = fill_variables(agent.system_prompt, chat.dynamic_variables).strip()
+    text = fill_variables(agent.system_prompt, chat_variables(chat, agent)).strip()
     return text or None
 
 

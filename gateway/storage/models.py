@@ -144,6 +144,8 @@ class Agent(BaseModel):
     # the hours outbound starts may go out in, in the number's timezone ({"start","end"} "HH:MM").
     opt_out_hint = TextField(null=True)
     sending_hours = JSONField(null=True)
+    # {{variables}} of chats that bring none of their own (inbound SMS); a chat's own win.
+    default_dynamic_variables = JSONField(null=True, default=dict)
     is_default = BooleanField(default=False, index=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
