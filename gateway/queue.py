@@ -8,6 +8,8 @@ import logging
 import pickle
 import random
 import threading
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from redis import Redis
@@ -175,11 +177,14 @@ def _enqueue_in_chat(
     retry: Retry | None,
     check_existing: bool,
     description: str,
+    at: datetime | None = None,
 ) -> Job | None:
-    """Queue a job that sends in a chat, behind the chat's other such jobs (one at a time)."""
+    """Queue a job that sends in a chat, behind the chat's other such jobs (one at a time);
+    with `at` (naive UTC), RQ's scheduler enqueues it then."""
     if check_existing and job_is_live(queue.connection, job_id):
         return None
-    return queue.enqueue(
+    enqueue = queue.enqueue if at is None else partial(queue.enqueue_at, at.replace(tzinfo=UTC))
+    return enqueue(
         func,
         arg,
         job_id=job_id,
@@ -198,11 +203,17 @@ def opening_job_id(chat_id: str) -> str:
 
 
 def enqueue_opening(
-    queue: Queue, *, chat_id: str, retry: Retry | None, check_existing: bool = True
+    queue: Queue,
+    *,
+    chat_id: str,
+    retry: Retry | None,
+    check_existing: bool = True,
+    at: datetime | None = None,
 ) -> Job | None:
     """Queue the job that writes (if needed) and sends an outbound chat's opening text.
 
-    Same per-chat key as replies: an early answer from the person waits for the opening.
+    Same per-chat key as replies: an early answer from the person waits for the opening. With
+    `at` (naive UTC: the agent's sending hours are closed now) it waits in RQ's scheduler.
     """
     return _enqueue_in_chat(
         queue,
@@ -213,6 +224,7 @@ def enqueue_opening(
         retry=retry,
         check_existing=check_existing,
         description=f"opening text of {chat_id}",
+        at=at,
     )
 
 

@@ -31,7 +31,7 @@ def test_with_message_records_the_text_and_queues_the_send(client, our_number, s
     chat = response.json
     assert chat["chat_type"] == "sms_chat" and chat["chat_status"] == "ongoing"
     assert chat["from_number"] == OURS and chat["to_number"] == THEIRS
-    assert [m["content"] for m in chat["messages"]] == ["Your table is ready."]
+    assert [m["content"] for m in chat["messages"]] == ["Your table is ready.\nReply STOP to opt out."]
     assert chat["messages"][0]["role"] == "agent" and chat["messages"][0]["status"] == "queued"
     assert job_queue(queue_name(settings), redis_conn).job_ids == [opening_job_id(chat["chat_id"])]
 
@@ -117,7 +117,10 @@ def test_outbound_then_answer_continues_the_same_chat(client, our_number, worker
     chat_id = response.json["chat_id"]
     [opening] = fake_twilio.wait_for_messages(1)
     assert opening["From"] == OURS and opening["To"] == THEIRS
-    assert opening["Body"] == "Hi Ada! Your appointment is tomorrow at 10. Does that still work?"
+    assert (
+        opening["Body"]
+        == "Hi Ada! Your appointment is tomorrow at 10. Does that still work?\nReply STOP to opt out."
+    )
     assert opening["StatusCallback"].endswith("/twilio/status")
     first_request = fake_model.requests[0]
     assert "starting this text conversation" in first_request["messages"][-1]["content"]
@@ -153,7 +156,7 @@ def test_given_message_and_media_are_sent_as_is(client, our_number, worker, fake
     )
     assert response.status_code == 202
     [sent] = fake_twilio.wait_for_messages(1)
-    assert sent["Body"] == "Here is **your** receipt"
+    assert sent["Body"] == "Here is **your** receipt\nReply STOP to opt out."
     assert sent["MediaUrl"] == ["https://cdn.example.test/r.png", "https://cdn.example.test/r2.png"]
     assert fake_model.requests == []
     wait_for(lambda: Message.get().twilio_sid, message="the SID stored")

@@ -261,6 +261,8 @@ def _sweep_openings(settings: Settings, queue: Queue, older_than, dead_workers: 
                 & (Chat.chat_type == ChatType.SMS.value)
                 & (Chat.start_timestamp <= older_than)
                 & (Chat.start_timestamp >= older_than - SWEEP_MAX_AGE)
+                # An opening waiting for the agent's sending hours has its activity time then.
+                & (Chat.last_activity_at <= older_than)
                 & (~fn.EXISTS(has_messages) | fn.EXISTS(unsent_opening))
             )
             .order_by(Chat.start_timestamp)

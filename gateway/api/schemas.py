@@ -681,6 +681,15 @@ class ChatDetail(Chat):
     usage: Usage
 
 
+class SmsChatStarted(ChatDetail):
+    """A new SMS chat, and when its opening text goes."""
+
+    scheduled_for: Annotated[
+        Timestamp | None,
+        Field(description="Outside the agent's `sending_hours`: when the opening text will go; null: now."),
+    ]
+
+
 class ChatList(Out):
     """One page of chats, newest first."""
 

@@ -21,10 +21,10 @@ from gateway.api.agents import agent_for_field
 from gateway.api.chats import emit_event, messages_of
 from gateway.api.contract import json_response, operation
 from gateway.api.errors import ApiError, invalid_field
-from gateway.api.schemas import ChatDetail, SmsChatCreate
-from gateway.api.serializers import chat_detail_out
+from gateway.api.schemas import SmsChatCreate, SmsChatStarted
+from gateway.api.serializers import chat_detail_out, iso
 from gateway.conversations.agents import outbound_agent_for
-from gateway.conversations.outbound import OutboundRefused, OutboundRequest, start_sms_chat
+from gateway.conversations.outbound import OutboundRefused, OutboundRequest, scheduled_for, start_sms_chat
 from gateway.queue import enqueue_opening, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import IdempotencyKey, PhoneNumber
@@ -62,7 +62,7 @@ def _request_hash(body: SmsChatCreate) -> str:
     "`ContentSid`/`ContentVariables`), the only way to start a WhatsApp conversation more than 24 h "
     "after the person's last message.",
     body=SmsChatCreate,
-    ok=(202, ChatDetail, "The new chat (chat_type sms_chat)."),
+    ok=(202, SmsChatStarted, "The new chat (chat_type sms_chat), and when its opening text goes."),
     errors={
         409: "The Idempotency-Key was used with another body (`idempotency_key_reused`), the person opted "
         "out (`opted_out`), a conversation with them is ongoing (`chat_ongoing`), or a free-form WhatsApp "
@@ -120,7 +120,13 @@ def create_sms_chat(body: SmsChatCreate):
     try:
         with database.atomic():
             chat = start_sms_chat(outbound)
-            payload = chat_detail_out(chat, messages_of(chat))
+            # Outside the agent's sending hours the opening waits: say until when (else null).
+            payload = SmsChatStarted.model_validate(
+                {
+                    **chat_detail_out(chat, messages_of(chat)).model_dump(mode="json"),
+                    "scheduled_for": iso(scheduled_for(chat)),
+                }
+            )
             if key is not None:
                 IdempotencyKey.create(
                     key=stored_key,
@@ -142,7 +148,7 @@ def create_sms_chat(body: SmsChatCreate):
         if queue is None:
             raise RuntimeError("REDIS_URL is not set")
         retry = retry_policy(agent.retry_attempts, agent.retry_delay)
-        enqueue_opening(queue, chat_id=chat.chat_id, retry=retry)
+        enqueue_opening(queue, chat_id=chat.chat_id, retry=retry, at=scheduled_for(chat))
     except Exception:
         # Recorded already: the worker's sweep sends the opening once Redis answers again.
         log.exception("could not enqueue the opening of %s; the sweep will", chat.chat_id)

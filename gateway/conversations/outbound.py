@@ -18,6 +18,7 @@ from gateway.agent import llm
 from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms
 from gateway.config import Settings
+from gateway.conversations.consent import is_first_text, next_send_time, opt_out_hint, with_hint
 from gateway.conversations.replies import (
     PART_COLUMNS,
     SmsTarget,
@@ -139,8 +140,29 @@ def start_sms_chat(req: OutboundRequest) -> Chat:
         template = {"content_sid": req.content_sid, "content_variables": req.content_variables or {}}
         store_opening(chat, [""], [], None, details=template)
     elif req.message is not None or req.media_urls:
-        store_opening(chat, split_sms(req.message) if req.message else [""], list(req.media_urls), None)
+        parts = hinted(chat, req.agent, split_sms(req.message) if req.message else [""])
+        store_opening(chat, parts, list(req.media_urls), None)
+    when = next_send_time(req.agent, req.from_number)
+    if when is not None:
+        # Outside the agent's sending hours: the opening waits, and silence counts from then.
+        Chat.update(last_activity_at=when).where(Chat.chat_id == chat.chat_id).execute()
+        chat.last_activity_at = when
     return chat
+
+
+def scheduled_for(chat: Chat):
+    """When a waiting opening text will go (naive UTC), or None when it goes now."""
+    if chat.last_activity_at and chat.start_timestamp and chat.last_activity_at > chat.start_timestamp:
+        return chat.last_activity_at
+    return None
+
+
+def hinted(chat: Chat, agent: Agent, parts: list[str]) -> list[str]:
+    """The opening's parts, with the agent's opt-out hint when this is the first text to the person."""
+    hint = opt_out_hint(agent)
+    if hint and is_first_text(chat.from_number, chat.to_number, chat.chat_id):
+        return with_hint(parts, hint)
+    return parts
 
 
 def store_opening(
@@ -193,6 +215,8 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
             return 0
         agent = Agent.get_by_id(chat.agent_id)
         parts = _opening_parts(chat_id)
+        if not any(p.twilio_sid for p in parts) and _wait_for_sending_hours(chat, agent):
+            return 0
         prompt = None if parts else build_messages(chat, agent, settings)
     target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     try:
@@ -202,7 +226,7 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
             with database.connection_context(), database.atomic():
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):
-                    store_opening(chat, texts, [], completion)
+                    store_opening(chat, hinted(chat, agent, texts), [], completion)
             with database.connection_context():
                 parts = _opening_parts(chat_id)
         return send_parts(settings, target, parts)
@@ -214,6 +238,18 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
             else:
                 _record_opening_failure(chat, exc)
         raise
+
+
+def _wait_for_sending_hours(chat: Chat, agent: Agent) -> bool:
+    """True when the agent's sending hours are closed: the chat waits (the sweep sends it later)."""
+    when = next_send_time(agent, chat.from_number)
+    if when is None:
+        return False
+    Chat.update(last_activity_at=when).where(
+        (Chat.chat_id == chat.chat_id) & (Chat.chat_status == ChatStatus.ONGOING.value)
+    ).execute()
+    log.info("opening of chat %s waits for the agent's sending hours (until %sZ)", chat.chat_id, when)
+    return True
 
 
 def _record_opening_failure(chat: Chat, exc: Exception) -> None:
