@@ -30,8 +30,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.init(settings)  # before anything is counted in this process
     if not is_configured():  # under gunicorn: nobody set up logging yet
         configure_logging(settings)
+    try:
+        db.open_from_settings(settings)
+    except db.DatabaseUnavailable as exc:
+        if test_config is not None:
+            raise
+        log.critical("%s", exc)
+        # 3 is gunicorn's "worker failed to boot": it stops, instead of restarting the worker forever.
+        raise SystemExit(3) from None
     log.info(describe_setup(settings, "web"))
-    db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
     db.init_app(app)
 
     app.redis = connect_redis(settings.redis_url, for_web=True) if settings.redis_url else None  # type: ignore[attr-defined]

@@ -15,7 +15,22 @@ def _settings() -> Settings:
         raise click.ClickException(f"bad setting: {exc}") from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """The `smsgw` group: a bad setting or an unusable database is one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; expected configuration errors print one line, not a traceback."""
+        from gateway.config import SettingsError
+        from gateway.storage.db import DatabaseUnavailable
+
+        try:
+            return super().invoke(ctx)
+        except (SettingsError, DatabaseUnavailable) as exc:
+            click.echo(f"smsgw: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Commands)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
     """Self-hosted SMS/MMS gateway for LLM chat agents."""
@@ -39,7 +54,7 @@ def db_upgrade() -> None:
     from gateway.storage import db as database
 
     settings = _settings()
-    database.init_database(settings.resolved_database_url(), pool_size=2)
+    database.open_from_settings(settings, pool_size=2)
     applied = database.upgrade()
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
@@ -112,7 +127,7 @@ def numbers_configure(phone_number: str, base_url: str | None, service: bool) ->
         raise click.UsageError("give --base-url or set PUBLIC_BASE_URL (the https origin Twilio reaches)")
     if not base.startswith("https://"):
         click.echo(f"warning: {base} is not https; Twilio will send webhooks over plain HTTP", err=True)
-    database.init_database(settings.resolved_database_url(), pool_size=2)
+    database.open_from_settings(settings, pool_size=2)
     database.upgrade()
     client = _twilio_or_exit(settings, numbers_client)
     try:
@@ -150,7 +165,7 @@ def _open_database(settings: Settings) -> None:
     """Point the process at the configured database (schema upgraded)."""
     from gateway.storage import db as database
 
-    database.init_database(settings.resolved_database_url(), pool_size=2)
+    database.open_from_settings(settings, pool_size=2)
     database.upgrade()
 
 

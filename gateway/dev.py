@@ -120,7 +120,7 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
         settings = settings.model_copy(update={"redis_url": url})
         log.info("embedded Redis at %s (data in %s)", url, instance / "redis")
 
-    db.init_database(settings.resolved_database_url(), pool_size=4)
+    db.open_from_settings(settings, pool_size=4)
     applied = db.upgrade()
     if applied:
         log.info("database schema: applied %s", ", ".join(applied))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from gateway.logs import Redactor, configure_logging, describe_setup, make_handler, mask_number, safe_url
 from gateway.storage.models import Agent, Message, PhoneNumber, UserProfile
-from tests.conftest import AUTH_TOKEN, GATEWAY_API_KEY, WorkerProcess, post_twilio, wait_for
+from tests.conftest import AUTH_TOKEN, GATEWAY_API_KEY, ROOT, WorkerProcess, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 
 SECRETS = (AUTH_TOKEN, GATEWAY_API_KEY, "sk-test")
@@ -139,3 +143,41 @@ def test_json_log_lines_parse_with_the_same_fields(settings):
         "***0123",
     )
     assert lines[1]["message"] == "the key is ***"
+
+
+def smsgw(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the `smsgw` command in a clean folder with only these settings."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "DATABASE_"))
+    }
+    environment.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:////nonexistent/smsgw-dir/x.db", "the folder /nonexistent/smsgw-dir does not exist"),
+        (
+            "postgresql://smsgw:hunter2-pass@127.0.0.1:1/gw",
+            "cannot open the database postgresql://smsgw:***@127.0.0.1:1/gw",
+        ),
+        ("mysql://root@localhost/gw", "unknown kind of database 'mysql'"),
+    ],
+)
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("worker",)])
+def test_a_bad_database_url_is_one_line_and_a_failing_exit(tmp_path, redis_server, url, says, command):
+    """What is wrong and where, in one line, exit status 1; no folder is created unasked."""
+    result = smsgw(tmp_path, *command, DATABASE_URL=url, REDIS_URL=redis_server.url)
+    assert result.returncode == 1
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert says in lines[0] and "hunter2-pass" not in lines[0]
+    assert not Path("/nonexistent/smsgw-dir").exists()

@@ -362,7 +362,7 @@ def _settings() -> Settings:
     """The process's settings, with the database opened if nobody opened it yet."""
     settings = get_settings()
     if database.obj is None:
-        db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
+        db.open_from_settings(settings, check=False)
     return settings
 
 

@@ -141,12 +141,12 @@ def run_worker(settings: Settings, concurrency: int | None = None, burst: bool =
     """Run the gateway's worker until SIGTERM/SIGINT (or, with burst, until the queue is empty)."""
     if not is_configured():
         configure_logging(settings)
-    log.info(describe_setup(settings, "worker"))
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: the worker needs Redis")
+    db.open_from_settings(settings)
+    log.info(describe_setup(settings, "worker"))
     context.configure(settings)
     metrics.init(settings)  # before any job counts anything
-    db.init_database(settings.resolved_database_url(), pool_size=settings.database_pool_size)
     connection = connect_redis(settings.redis_url)
     name = queue_name(settings)
     worker = ThreadPoolWorker(

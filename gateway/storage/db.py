@@ -16,6 +16,9 @@ from peewee import Database, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
+from gateway.config import Settings
+from gateway.logs import safe_url
+
 log = logging.getLogger(__name__)
 
 database = DatabaseProxy()
@@ -183,6 +186,45 @@ def init_database(url: str, pool_size: int = 20) -> Database:
     _write_lock.configure(path)
     if path is None:
         _anchor_sqlite(None)  # no SQLite file: let go of the one used before, if any
+    return db
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database DATABASE_URL names cannot be used; the message says what and where, in one line."""
+
+
+def open_from_settings(settings: Settings, pool_size: int | None = None, *, check: bool = True) -> Database:
+    """Point the proxy at the settings' database, checking that it can be used.
+
+    Only the default SQLite file's folder (in the instance folder) is created; a DATABASE_URL
+    whose folder does not exist, a URL of an unknown kind, or a database that does not answer
+    raises DatabaseUnavailable with one line naming the URL (password hidden) and the reason.
+    """
+    url = settings.resolved_database_url()
+    where = safe_url(url)
+    scheme = urlparse(url).scheme
+    if not (scheme.startswith("sqlite") or scheme in POSTGRES_SCHEMES):
+        raise DatabaseUnavailable(
+            f"DATABASE_URL {where}: unknown kind of database {scheme or url!r}; use "
+            "sqlite:////path/to/file.db or postgresql://user:password@host:5432/dbname"
+        )
+    if scheme.startswith("sqlite"):
+        path = url.split("sqlite:///", 1)[-1]
+        folder = Path(path).parent if path and path != ":memory:" else None
+        if folder is not None and not folder.is_dir():
+            if settings.database_url:
+                raise DatabaseUnavailable(
+                    f"DATABASE_URL {where}: the folder {folder} does not exist; create it or fix the URL"
+                )
+            folder.mkdir(parents=True, exist_ok=True)  # the instance folder: ours to create
+    try:
+        db = init_database(url, pool_size=pool_size or settings.database_pool_size)
+        if check:
+            db.connect(reuse_if_open=True)
+            db.close()
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(f"cannot open the database {where}: {reason}") from None
     return db
 
 
