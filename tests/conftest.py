@@ -297,6 +297,16 @@ class WorkerProcess:
 
 
 @pytest.fixture
+def configured(app, settings):
+    """Jobs run in this process (workers.jobs called directly, SimpleWorker) see the test settings."""
+    from workers import context
+
+    context.configure(settings)
+    yield settings
+    context.configure(None)
+
+
+@pytest.fixture
 def worker(app, settings, tmp_path) -> Iterator[WorkerProcess]:
     """A running `smsgw worker` process on the test settings (the schema exists already)."""
     proc = WorkerProcess(settings, tmp_path / "worker.log")

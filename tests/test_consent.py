@@ -5,25 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
 from rq import Queue, SimpleWorker
 
 from gateway.conversations import consent
 from gateway.queue import opening_job_id, queue_name
 from gateway.storage.models import Agent, Message, MessageKind, PhoneNumber
-from tests.conftest import GATEWAY_API_KEY, post_twilio
+from tests.conftest import post_twilio
 from tests.payloads import OTHER_PERSON, OUR_NUMBER, PERSON, inbound_sms
-from workers import context, jobs
-
-AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
-
-
-@pytest.fixture
-def configured(app, settings):
-    """Jobs run in this process see the test settings."""
-    context.configure(settings)
-    yield settings
-    context.configure(None)
+from tests.test_fallback import AUTH
+from workers import jobs
 
 
 def text(client, body: str) -> Message:
