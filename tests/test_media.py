@@ -460,7 +460,7 @@ def test_outbound_media_urls_reach_twilio_and_show_in_the_chat(client, configure
     )
 
     [sent] = fake_twilio.messages
-    assert (sent["Body"], sent["MediaUrl"]) == ("Our menu", urls)
+    assert (sent["Body"], sent["MediaUrl"]) == ("Our menu\nReply STOP to opt out.", urls)
     chat = client.get(f"/v1/chats/{chat_id}", headers=auth).json
     [message] = chat["messages"]
     assert message["media"] == [{"url": url, "content_type": None} for url in urls]
