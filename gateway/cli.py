@@ -153,7 +153,7 @@ def contacts() -> None:
 
 def _person(phone_number: str) -> str:
     """The number in E.164 form, or a usage error."""
-    from gateway.api.validation import normalize_e164
+    from gateway.api.schemas import normalize_e164
 
     normalized = normalize_e164(phone_number.strip())
     if normalized is None:
