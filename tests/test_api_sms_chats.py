@@ -115,7 +115,7 @@ def test_outbound_then_answer_continues_the_same_chat(client, our_number, worker
     )
     assert response.status_code == 202
     chat_id = response.json["chat_id"]
-    [opening] = fake_twilio.wait_for_messages(1)
+    [opening] = fake_twilio.wait_for_messages(1, timeout=30)  # the worker may still be starting
     assert opening["From"] == OURS and opening["To"] == THEIRS
     assert (
         opening["Body"]
@@ -132,7 +132,7 @@ def test_outbound_then_answer_continues_the_same_chat(client, our_number, worker
         {"MessageSid": "SM" + "a" * 32, "From": THEIRS, "To": OURS, "Body": "Yes, it works", "NumMedia": "0"},
     )
     assert answered.status_code == 200
-    fake_twilio.wait_for_messages(2)
+    fake_twilio.wait_for_messages(2, timeout=30)
     assert Chat.select().count() == 1
     chat = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json
     roles = [(m["role"], m["content"]) for m in chat["messages"]]
@@ -155,7 +155,7 @@ def test_given_message_and_media_are_sent_as_is(client, our_number, worker, fake
         },
     )
     assert response.status_code == 202
-    [sent] = fake_twilio.wait_for_messages(1)
+    [sent] = fake_twilio.wait_for_messages(1, timeout=30)  # the worker may still be starting
     assert sent["Body"] == "Here is **your** receipt\nReply STOP to opt out."
     assert sent["MediaUrl"] == ["https://cdn.example.test/r.png", "https://cdn.example.test/r2.png"]
     assert fake_model.requests == []
