@@ -51,6 +51,7 @@ from gateway.api import (  # noqa: E402,F401
     agents,
     chats,
     completions,
+    contacts,
     openapi,
     phone_numbers,
     sms_chats,

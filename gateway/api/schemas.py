@@ -368,6 +368,13 @@ class AgentSettings(Body):
             "EVENTS_WEBHOOK_SECRET. Responses show only `webhook_secret_set`.",
         ),
     ] = column_default(A.webhook_secret)
+    default_dynamic_variables: Annotated[
+        Variables,
+        Field(
+            description="{{variables}} for chats that bring none of their own (inbound SMS chats); a chat's "
+            "own dynamic_variables win. A variable with no value is left out of the prompt."
+        ),
+    ] = Field(default_factory=dict)
 
 
 class AgentCreate(AgentSettings):
@@ -780,3 +787,51 @@ class SmsChatCreate(Body):
                         "channel", 'a whatsapp: number needs "channel": "whatsapp" ({name})', {"name": name}
                     )
         return data
+
+
+# --- contacts ---------------------------------------------------------------------------------------
+
+
+class ContactNumber(Out):
+    """The person's state on one of our numbers."""
+
+    our_number: str
+    opted_out: bool
+    opted_out_at: Timestamp | None
+    first_contact_at: Timestamp | None
+
+
+class Contact(Out):
+    """A person, by their phone number."""
+
+    phone_number: Annotated[str, Field(examples=["+14155550123"])]
+    numbers: Annotated[list[ContactNumber], Field(description="Opt-out state per our number.")]
+    chats: Annotated[list[Chat], Field(description="Their chats, oldest first (without messages).")]
+    profile: Annotated[JsonObject | None, Field(description="What user profile memory learned; null: none.")]
+
+
+class ContactOptOut(Body):
+    """PUT /v1/contacts/{phone_number}/opt-out: the do-not-text list of one of our numbers."""
+
+    our_number: Annotated[E164, Field(description="One of our numbers.")]
+    opted_out: bool
+
+
+class ContactErased(Out):
+    """What an erasure deleted."""
+
+    erased: dict[str, int]
+
+
+class ContactExport(Out):
+    """Everything stored about a person (rows as stored, timestamps ISO 8601)."""
+
+    phone_number: str
+    exported_at: str
+    contacts: list[JsonObject]
+    chats: Annotated[
+        list[JsonObject], Field(description="Each with its `messages` (media references included).")
+    ]
+    other_messages: list[JsonObject]
+    profiles: list[JsonObject]
+    idempotency_keys: list[JsonObject]

@@ -51,6 +51,7 @@ def agent_out(agent: Agent) -> schemas.Agent:
             schemas.Agent,
             analysis_fields=agent.analysis_fields or [],
             webhook_secret_set=bool(agent.webhook_secret),
+            default_dynamic_variables=agent.default_dynamic_variables or {},
         )
     )
 
