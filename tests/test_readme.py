@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from gateway.config import settings_to_env
-from gateway.storage.models import Chat, Message
+from gateway.storage.models import Chat, Contact, Message
 from tests.conftest import GATEWAY_API_KEY, ROOT, WorkerProcess, free_port, wait_for
 from tests.payloads import PERSON
 
@@ -96,5 +96,7 @@ def test_readme_examples_run_as_written(settings, gunicorn, tmp_path, fake_model
         [opening] = fake_twilio.wait_for_messages(1, timeout=30)
         assert opening["To"] == PERSON and opening["From"] == "+14155550100"
         assert opening["Body"].endswith("Reply STOP to opt out.")
+        # The do-not-text example put the other number on the list.
+        assert Contact.get(Contact.phone_number == "+14155550199").opted_out is True
     finally:
         worker.stop()
