@@ -65,7 +65,9 @@ def complete_with_retries(settings: Settings, agent: Agent, messages: list[dict]
             delay = retry_sleep(agent.retry_delay, attempt)
             if slept + delay > RETRY_SLEEP_BUDGET:
                 raise
-            log.info("model failed (%s); retry %d in %.2fs", exc, attempt + 1, delay)
+            log.warning(
+                "model attempt failed at %s: %s; retry %d in %.2fs", exc.endpoint, exc, attempt + 1, delay
+            )
             time.sleep(delay)
             slept += delay
             attempt += 1
@@ -145,7 +147,7 @@ def run_completion(chat: Chat, content: str, settings: Settings) -> Message:
     try:
         completion = complete_with_retries(settings, chat.agent, messages)
     except GatewayError as exc:
-        log.warning("completion for %s failed: %s", chat.chat_id, exc)
+        log.warning("completion for %s failed at %s: %s", chat.chat_id, exc.endpoint or "the gateway", exc)
         raise ApiError(
             502,
             "model_error",

@@ -15,6 +15,7 @@ import logging
 
 from flask import Response, current_app, jsonify, request
 from peewee import IntegrityError
+from redis.exceptions import RedisError
 
 from gateway import events
 from gateway.api.agents import agent_for_field
@@ -144,14 +145,17 @@ def create_sms_chat(body: SmsChatCreate):
         return replay
 
     queue = current_app.task_queue  # type: ignore[attr-defined]
-    try:
-        if queue is None:
-            raise RuntimeError("REDIS_URL is not set")
-        retry = retry_policy(agent.retry_attempts, agent.retry_delay)
-        enqueue_opening(queue, chat_id=chat.chat_id, retry=retry, at=scheduled_for(chat))
-    except Exception:
-        # Recorded already: the worker's sweep sends the opening once Redis answers again.
-        log.exception("could not enqueue the opening of %s; the sweep will", chat.chat_id)
+    # Recorded already: when Redis does not answer, the worker's sweep sends the opening later.
+    if queue is None:
+        log.warning("REDIS_URL is not set: the opening of %s waits for the worker's sweep", chat.chat_id)
+    else:
+        try:
+            retry = retry_policy(agent.retry_attempts, agent.retry_delay)
+            enqueue_opening(queue, chat_id=chat.chat_id, retry=retry, at=scheduled_for(chat))
+        except RedisError as exc:
+            log.warning("could not enqueue the opening of %s (%s); the sweep will", chat.chat_id, exc)
+        except Exception:
+            log.exception("could not enqueue the opening of %s; the sweep will", chat.chat_id)
     emit_event(events.CHAT_STARTED, chat.chat_id)
     return json_response(payload, 202)
 
