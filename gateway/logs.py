@@ -162,10 +162,28 @@ class ExpectedFailures(logging.Filter):
         return not (lines and lines[-1].startswith(self.EXPECTED))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is written (a test runner may swap it)."""
+
+    def __init__(self) -> None:
+        """No stream of its own."""
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        """The current sys.stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        """Ignored: the stream is always the current sys.stderr."""
+
+
 def make_handler(settings: Settings | None, log_format: str = "text", stream=None) -> logging.Handler:
-    """A stream handler in `log_format` ("text" or "json") that redacts what it writes."""
+    """A stream handler in `log_format` ("text" or "json") that redacts what it writes (to
+    `stream`, else to the current sys.stderr)."""
     redactor = Redactor(secrets_of(settings))
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter(redactor) if log_format == "json" else TextFormatter(redactor))
     handler.addFilter(ExpectedFailures())
     handler._smsgw = True  # type: ignore[attr-defined]  # ours: replaced, not stacked, on reconfigure
