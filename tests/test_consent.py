@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from rq import Queue, SimpleWorker
-
 from gateway.conversations import consent
-from gateway.queue import opening_job_id, queue_name
+from gateway.queue import job_queue, opening_job_id, queue_name
 from gateway.storage.models import Agent, Message, MessageKind, PhoneNumber
 from tests.conftest import post_twilio
 from tests.payloads import OTHER_PERSON, OUR_NUMBER, PERSON, inbound_sms
 from tests.test_fallback import AUTH
+from tests.test_reply_job import run_jobs
 from workers import jobs
 
 
@@ -21,12 +20,6 @@ def text(client, body: str) -> Message:
     form = inbound_sms(body)
     assert post_twilio(client, "/twilio/sms", form).status_code == 200
     return Message.get(Message.twilio_sid == form["MessageSid"])
-
-
-def run_jobs(settings, redis_conn) -> None:
-    """Run every queued job in this process."""
-    queue = Queue(queue_name(settings), connection=redis_conn)
-    SimpleWorker([queue], connection=redis_conn).work(burst=True, with_scheduler=False)
 
 
 def said_to_model(request: dict) -> list[tuple[str, str]]:
@@ -142,7 +135,7 @@ def test_sending_hours_hold_the_opening_until_the_window_opens(
 
     body = start(client, {"from_number": OUR_NUMBER, "to_number": PERSON, "message": "Reminder: dentist."})
     assert body["scheduled_for"] == opens.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    queue = Queue(queue_name(configured), connection=redis_conn)
+    queue = job_queue(queue_name(configured), redis_conn)
     job_id = opening_job_id(body["chat_id"])
     assert job_id in queue.scheduled_job_registry.get_job_ids()
     assert queue.scheduled_job_registry.get_scheduled_time(job_id) == opens
