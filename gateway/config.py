@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", validation_alias="LOG_FORMAT")
     # Messages older than this many days are deleted by a periodic job (None: kept forever).
     retention_days: int | None = Field(None, ge=1, validation_alias="RETENTION_DAYS")
+    # Seconds between sweeps for unanswered texts and lost jobs (recorded while Redis was down,
+    # or whose job vanished), and how old a pending text must be before the sweep queues it.
+    sweep_interval: float = Field(10.0, gt=0, validation_alias="SWEEP_INTERVAL")
+    sweep_min_age: float = Field(10.0, ge=0, validation_alias="SWEEP_MIN_AGE")
+    # Seconds between worker heartbeats; a worker silent for three of them counts as dead and
+    # its jobs are run again by another worker.
+    worker_heartbeat_interval: float = Field(5.0, gt=0, validation_alias="WORKER_HEARTBEAT_INTERVAL")
 
     @classmethod
     def settings_customise_sources(

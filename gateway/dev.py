@@ -1,8 +1,18 @@
-"""`smsgw dev`: the whole gateway on one machine, with no accounts needed."""
+"""`smsgw dev`: the whole gateway on one machine, with no accounts needed.
+
+One process tree: this process serves the web app (in a thread) and supervises an embedded
+redis-server (unless REDIS_URL is set) and one `smsgw worker`. The children run in sessions of
+their own, so Ctrl+C in the terminal reaches only this process, which then stops them IN ORDER:
+the worker first (a warm shutdown: jobs in flight finish, RQ's scheduler lock is released), then
+the web app, then Redis (which saves its append-only file as it exits). A restart therefore finds
+no stale locks, and a retry scheduled before it runs on time after it. Linux also stops the
+children if this process is killed outright (PR_SET_PDEATHSIG).
+"""
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -11,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +55,8 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
          "--appendonly", "yes", "--save", ""],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -84,8 +97,40 @@ def dev_banner(host: str, port: int, generated_key: str | None, dev_phone: bool)
     return "\n".join(["", *lines, ""])
 
 
+def _die_with_parent() -> None:
+    """In a child, before exec: get SIGTERM when `smsgw dev` dies, even by SIGKILL (Linux only)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_child(child: subprocess.Popen, name: str, timeout: float = 30.0) -> None:
+    """SIGTERM a child and wait for it (a worker lets its jobs finish); SIGKILL after `timeout`."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", name, timeout)
+        child.kill()
+        child.wait(timeout=10)
+
+
+class _Stop(Exception):
+    """SIGTERM/SIGINT reached `smsgw dev`: shut down in order."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    """Signal handler: unwind the main thread into the ordered shutdown (once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop
+
+
 def run_dev(settings: Settings, host: str, port: int) -> None:
     """Start an embedded Redis if needed, upgrade the schema, then the worker and the web app."""
+    from werkzeug.serving import make_server
+
     from gateway import create_app
     from gateway.dev_phone.setup import provision_numbers, start_twilio_emulator
     from gateway.storage import db
@@ -100,43 +145,59 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
         generated_key = secrets.token_urlsafe(12)
         settings = settings.model_copy(update={"gateway_api_key": generated_key})
     settings = dev_settings(settings, str(instance))
-    children: list[subprocess.Popen] = []
-
-    def _stop_children() -> None:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-
-    atexit.register(_stop_children)
-    # SIGTERM (a process manager, `kill`) stops the children too, not only Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    if not settings.redis_url:
-        redis_proc, url = start_embedded_redis(instance / "redis")
-        children.append(redis_proc)
-        settings = settings.model_copy(update={"redis_url": url})
-        log.info("embedded Redis at %s (data in %s)", url, instance / "redis")
-
-    db.open_from_settings(settings, pool_size=4)
-    applied = db.upgrade()
-    if applied:
-        log.info("database schema: applied %s", ", ".join(applied))
-    if emulator is not None:
-        provision_numbers(emulator, settings)
-
-    env = dict(os.environ)
-    env.update(settings_to_env(settings))
-    children.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env))
-
-    if not settings.model_configured:
-        log.warning("no model configured (OPENAI_API_KEY/OPENAI_BASE_URL): the offline responder answers")
-    app = create_app({"SETTINGS": settings, "TWILIO_EMULATOR": emulator})
-    log.info("gateway on http://%s:%d  (webhook: POST /twilio/sms)", host, port)
-    print(dev_banner(host, port, generated_key, emulator is not None), flush=True)
+    redis_proc: subprocess.Popen | None = None
+    worker: subprocess.Popen | None = None
+    server = None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        if not settings.redis_url:
+            redis_proc, url = start_embedded_redis(instance / "redis")
+            settings = settings.model_copy(update={"redis_url": url})
+            log.info("embedded Redis at %s (data in %s)", url, instance / "redis")
+
+        db.open_from_settings(settings, pool_size=4)
+        applied = db.upgrade()
+        if applied:
+            log.info("database schema: applied %s", ", ".join(applied))
+        if emulator is not None:
+            provision_numbers(emulator, settings)
+
+        env = dict(os.environ)
+        env.update(settings_to_env(settings))
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker"],
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+        if not settings.model_configured:
+            log.warning("no model configured (OPENAI_API_KEY/OPENAI_BASE_URL): the offline responder answers")
+        app = create_app({"SETTINGS": settings, "TWILIO_EMULATOR": emulator})
+        server = make_server(host, port, app, threaded=True)
+        web = threading.Thread(target=server.serve_forever, name="web", daemon=True)
+        web.start()
+        log.info("gateway on http://%s:%d  (webhook: POST /twilio/sms)", host, port)
+        print(dev_banner(host, port, generated_key, emulator is not None), flush=True)
+        while worker.poll() is None:
+            time.sleep(0.5)
+        log.error("the worker exited with status %s; stopping", worker.returncode)
+    except _Stop:
+        log.info("stopping: worker, then web, then Redis")
     finally:
-        _stop_children()
+        # Ctrl+C while stopping would only leave a child behind: the order below matters.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if worker is not None:
+            stop_child(worker, "the worker")
+        if server is not None:
+            server.shutdown()
+        if emulator is not None:
+            emulator.stop()
+        if redis_proc is not None:
+            stop_child(redis_proc, "redis-server", timeout=15)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("stopped")

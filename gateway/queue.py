@@ -8,11 +8,14 @@ import logging
 import pickle
 import random
 import threading
+import time
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Retry, get_current_job
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
@@ -79,6 +82,75 @@ def job_queue(name: str, connection: Redis) -> Queue:
 def fetch_job(job_id: str, connection: Redis) -> Job:
     """RQ's Job.fetch with the gateway's JSON job format; raises NoSuchJobError."""
     return Job.fetch(job_id, connection=connection, serializer=JobSerializer)
+
+
+# The errors that mean "Redis is unreachable right now" (as opposed to a bad command).
+REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
+class RedisOutage:
+    """One process's view of whether Redis is reachable: one log line when it goes, one when it is back.
+
+    Every loop that talks to Redis (the worker's dequeue, heartbeats, scheduler and cron threads,
+    the web's enqueues) reports here, so an outage of any length logs two lines per process,
+    not a traceback per poll. `wait()` is the bounded backoff between attempts while it is down:
+    1 s, doubling up to `max_wait`, so a Redis that comes back is noticed within seconds.
+    """
+
+    def __init__(self, who: str, log: logging.Logger = log, max_wait: float = 5.0) -> None:
+        """`who` names the process in the two log lines (e.g. "worker w1", "web")."""
+        self.who = who
+        self.log = log
+        self.max_wait = max_wait
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._wait = 1.0
+        self._retry_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        """True between a failure and the next success."""
+        return self._down_since is not None
+
+    def failed(self, error: BaseException) -> float:
+        """Record a failed Redis call; returns how long to wait before the next attempt."""
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self._wait = 1.0
+                self.log.error(
+                    "%s: Redis is unreachable (%s); retrying with backoff up to %.0f s, "
+                    "nothing is lost meanwhile",
+                    self.who,
+                    _one_line(error),
+                    self.max_wait,
+                )
+            else:
+                self._wait = min(self._wait * 2, self.max_wait)
+            self._retry_at = time.monotonic() + self._wait
+            return self._wait
+
+    def ok(self) -> None:
+        """Record a successful Redis call (logs once when this ends an outage)."""
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            took = time.monotonic() - self._down_since
+            self._down_since = None
+            self._wait = 1.0
+            self.log.warning("%s: Redis is reachable again after %.1f s", self.who, took)
+
+    def should_try(self) -> bool:
+        """False while down and the backoff has not passed (callers skip the attempt)."""
+        return self._down_since is None or time.monotonic() >= self._retry_at
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one short line for the outage log."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:200]
 
 
 def connect_redis(url: str, *, for_web: bool = False) -> Redis:

@@ -106,6 +106,9 @@ def redis_conn(redis_server: RedisServer) -> Iterator[Redis]:
     """A client on the test Redis, flushed before each test (the server is ours alone)."""
     if redis_server.proc is None:
         redis_server.start()
+    from gateway.twilio.webhooks import WEB_REDIS
+
+    WEB_REDIS.ok()  # an outage a previous test staged is over: enqueue at once again
     conn = Redis.from_url(redis_server.url)
     conn.flushdb()
     yield conn

@@ -65,5 +65,9 @@ def test_worker_skips_a_planted_pickle_and_runs_the_rest(settings, redis_conn, w
         message="the planted job failed",
     )
     assert not marker.exists()
-    assert fetch_job(legacy.id, redis_conn).get_status() == JobStatus.FINISHED
+    # The job records its run before RQ records it finished (in the same thread, a moment later).
+    wait_for(
+        lambda: fetch_job(legacy.id, redis_conn).get_status() == JobStatus.FINISHED,
+        message="the legacy job finished",
+    )
     assert fresh.id and worker.proc is not None and worker.proc.poll() is None

@@ -23,16 +23,24 @@ IMPORTED = [
     ("rq.defaults", "DEFAULT_LOGGING_DATE_FORMAT"),
     ("rq.defaults", "DEFAULT_LOGGING_FORMAT"),
     ("rq.exceptions", "DequeueTimeout"),
+    ("rq.exceptions", "NoSuchJobError"),
     ("rq.exceptions", "StopRequested"),
     ("rq.executions", "Execution"),
     ("rq.job", "Job"),
+    ("rq.job", "JobStatus"),
     ("rq.queue", "Queue"),
+    ("rq.registry", "StartedJobRegistry"),
     ("rq.scheduler", "RQScheduler"),
+    ("rq.scripts", "release_lock"),
     ("rq.timeouts", "BaseDeathPenalty"),
     ("rq.timeouts", "JobTimeoutException"),
+    ("rq.utils", "current_timestamp"),
     ("rq.utils", "now"),
+    ("rq.utils", "utcparse"),
     ("rq.worker", "SimpleWorker"),
+    ("rq.worker", "Worker"),
     ("rq.worker", "WorkerStatus"),
+    ("rq.worker_registration", "register"),
     ("rq.worker.base", "BaseWorker"),
     ("rq.worker.base", "DequeueStrategy"),
 ]
@@ -44,21 +52,25 @@ CLASS_ATTRIBUTES = {
         "work", "execute_job", "cleanup_execution", "serialize", "refresh", "get_heartbeat_ttl",
         "connection_timeout", "handle_payload", "request_stop", "request_force_stop",
         "request_stop_execution", "_install_signal_handlers", "_start_scheduler", "stop_scheduler",
+        "run_maintenance_tasks", "_pubsub_exception_handler",
         # called
         "prepare_execution", "perform_job", "set_state", "heartbeat", "bootstrap",
         "check_for_suspension", "should_run_maintenance_tasks", "run_maintenance_tasks",
         "reorder_queues", "get_redis_server_version", "set_shutdown_requested_date", "teardown",
+        "clean_registries", "clean_group_registries", "redis_worker_namespace_prefix", "handle_job_failure",
         # read
-        "death_penalty_class", "queue_class", "job_class", "exponential_backoff_factor",
-        "log_job_description",
+        "death_penalty_class", "queue_class", "job_class", "log_job_description",
     ],
     "rq.worker.base.BaseWorker": ["get_heartbeat_ttl"],
-    "rq.queue.Queue": ["dequeue_any"],
-    "rq.job.Job": ["heartbeat", "retry", "started_job_registry", "key"],
+    "rq.queue.Queue": ["dequeue_any", "enqueue_job", "fetch_job", "intermediate_queue"],
+    "rq.intermediate_queue.IntermediateQueue": ["get_job_ids", "remove"],
+    "rq.job.Job": ["heartbeat", "retry", "started_job_registry", "key", "key_for", "fetch", "get_status"],
+    "rq.registry.StartedJobRegistry": ["cleanup"],
     "rq.executions.Execution": ["heartbeat"],
     "rq.scheduler.RQScheduler": [
         "Status", "work", "_install_signal_handlers", "acquire_locks", "release_locks",
-        "register_birth", "register_death", "enqueue_scheduled_jobs",
+        "register_birth", "register_death", "enqueue_scheduled_jobs", "heartbeat", "save", "stop",
+        "get_locking_key",
     ],
     "rq.timeouts.BaseDeathPenalty": ["setup_death_penalty", "cancel_death_penalty"],
     "rq.worker.WorkerStatus": ["IDLE"],
@@ -70,9 +82,12 @@ CLASS_ATTRIBUTES = {
 WORKER_INSTANCE_ATTRIBUTES = [
     "_ordered_queues", "_stop_requested", "_shutdown_requested_date", "_stopped_job_id",
     "scheduler", "serializer", "connection", "key", "name", "log", "queues", "worker_ttl",
-    "job_monitoring_interval",
+    "job_monitoring_interval", "_exc_handlers",
 ]  # fmt: skip
-SCHEDULER_INSTANCE_ATTRIBUTES = ["_status", "_stop_requested", "_process", "acquired_locks", "log"]
+SCHEDULER_INSTANCE_ATTRIBUTES = [
+    "_status", "_stop_requested", "_process", "acquired_locks", "log", "_queue_names",
+    "_acquired_locks", "_scheduled_job_registries", "interval", "connection",
+]  # fmt: skip
 
 # Keyword arguments pool.py passes to RQ's methods.
 KEYWORDS = {
@@ -84,8 +99,9 @@ KEYWORDS = {
     "rq.job.Job.heartbeat": ["pipeline", "xx"],
     "rq.executions.Execution.heartbeat": ["pipeline"],
     "rq.scheduler.RQScheduler.__init__": [
-        "connection", "logging_level", "date_format", "log_format", "serializer",
+        "connection", "logging_level", "date_format", "log_format", "serializer", "name",
     ],
+    "rq.registry.StartedJobRegistry.cleanup": ["timestamp", "exception_handlers"],
 }  # fmt: skip
 
 

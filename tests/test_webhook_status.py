@@ -186,3 +186,17 @@ def test_part_marked_sending_moves_on(client, outbound):
     Message.update(status="sending").where(Message.id == outbound.id).execute()
     post_status(client, outbound.twilio_sid, "sent")
     assert stored(outbound).status == "sent"
+
+
+def test_callback_before_the_sid_is_stored_is_applied_when_it_is(client, outbound):
+    """Twilio can report "delivered" before the worker stored the SID its send returned: kept, not lost."""
+    from gateway.twilio.statuses import apply_early_statuses
+
+    early_sid = message_sid("SM")
+    post_status(client, early_sid, "sent")
+    post_status(client, early_sid, "delivered")
+    # The worker stores the SID a moment later, then applies what arrived meanwhile.
+    Message.update(twilio_sid=early_sid).where(Message.id == outbound.id).execute()
+    assert apply_early_statuses(early_sid) == 2
+    assert stored(outbound).status == "delivered"
+    assert apply_early_statuses() == 0  # nothing left for the sweep

@@ -11,19 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import socket
 import threading
 from datetime import timedelta
 
 from peewee import fn
 from redis import Redis
 from rq import Queue, get_current_job
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.utils import current_timestamp
-from rq.worker import Worker
 
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
@@ -57,14 +54,13 @@ from gateway.storage.models import (
     utcnow,
 )
 from gateway.twilio.senders import SenderPaced
+from gateway.twilio.statuses import apply_early_statuses
 from workers import memory_jobs
 from workers.context import get_settings
+from workers.pool import run_now, worker_is_dead
 
 log = logging.getLogger(__name__)
 
-# A pending message younger than this is left to the webhook's own enqueue (which may be a
-# moment behind the database commit); older ones with no live job are enqueued by the sweep.
-SWEEP_MIN_AGE = timedelta(seconds=10)
 # Older than this, a text is not answered any more: a reply days late confuses more than it helps.
 SWEEP_MAX_AGE = timedelta(days=2)
 # Messages looked at per sweep run (oldest first); the next run takes the rest.
@@ -206,7 +202,7 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
     settings = _settings()
     connection = _redis(settings)
     queue = job_queue(queue_name(settings), connection)
-    min_age = SWEEP_MIN_AGE if min_age_seconds is None else timedelta(seconds=min_age_seconds)
+    min_age = timedelta(seconds=settings.sweep_min_age if min_age_seconds is None else min_age_seconds)
     now = utcnow()
     with database.connection_context():
         rows = list(
@@ -238,6 +234,9 @@ def sweep_unanswered(min_age_seconds: float | None = None) -> int:
         if job is not None:
             enqueued += 1
             log.info("sweep: enqueued the reply to unanswered message %s", message_id)
+    with database.connection_context():
+        apply_early_statuses()  # status callbacks that arrived before their SID was stored
+    enqueued += memory_jobs.sweep_memory(settings, queue, now - min_age)
     return enqueued + _sweep_openings(settings, queue, now - min_age, dead_workers)
 
 
@@ -293,58 +292,22 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
     except NoSuchJobError:
         return False
     status = job.get_status(refresh=False)
-    cache = {} if dead_workers is None else dead_workers
-    if status == JobStatus.STARTED and job.worker_name not in cache:
-        cache[job.worker_name] = _worker_is_dead(connection, job)
-    if status == JobStatus.STARTED and cache[job.worker_name]:
+    if status == JobStatus.STARTED and worker_is_dead(connection, job.worker_name, dead_workers):
         log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
         _expire_abandoned(connection, job)
+        # RQ may have scheduled the retry after its backoff; the death was no service's fault.
+        run_now(connection, job_id, serializer=JobSerializer)
         try:
             job = fetch_job(job_id, connection)
         except NoSuchJobError:
             return False
         status = job.get_status(refresh=False)
-        if status == JobStatus.SCHEDULED:
-            # RQ scheduled the retry after its backoff, but the worker that died may hold the
-            # scheduler lock for another minute; the death was no service's fault, so run it
-            # now. ZREM decides between us and a live scheduler: only the remover enqueues.
-            queue = job_queue(job.origin, connection)
-            if queue.scheduled_job_registry.remove(job):
-                queue.enqueue_job(job)
-            return True
     if status in LIVE_STATES:
         return True
-    job.delete()
-    return False
-
-
-def _worker_is_dead(connection: Redis, job: Job) -> bool:
-    """True when the worker running `job` is certainly gone (else RQ's heartbeat expiry decides).
-
-    Certain means: its registration expired, or it ran on this host and its process no longer
-    exists (or a newer worker on this host now has its pid, as after a container restart).
-    """
-    if not job.worker_name:
-        return False
-    key = Worker.redis_worker_namespace_prefix + job.worker_name
-    hostname, pid, death = (
-        v.decode() if isinstance(v, bytes) else v for v in connection.hmget(key, "hostname", "pid", "death")
-    )
-    if hostname is None and pid is None:
-        return True  # the registration expired: no heartbeat for minutes
-    if death:
-        return True  # it shut down; a job still STARTED under it is not running
-    if hostname != socket.gethostname() or not pid:
-        return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # a process with that pid exists under another user
-    for other in Worker.all(connection=connection):
-        if other.name != job.worker_name and other.hostname == hostname and str(other.pid) == pid:
-            return True  # the pid was reused by a newer worker: ours is gone
+        job.delete()
+    except InvalidJobOperation:  # a hash left without its status (a late heartbeat): just drop it
+        connection.delete(job.key)
     return False
 
 

@@ -15,11 +15,12 @@ What is kept from RQ (the job side is RQ's own code, run in a thread):
   result, dependents, rate-limit slot release) runs in the job's thread. `Worker.all()` /
   `get_current_executions()` show every job in flight; the worker state is `busy` while any job is
   in flight and `idle` otherwise.
-- Heartbeats: a heartbeat thread refreshes, every `job_monitoring_interval` (30 s), the worker
-  key and, in one pipeline, each in-flight execution (`StartedJobRegistry` score, execution hash,
-  job `last_heartbeat`) with the forking `Worker`'s TTL rule, min(time left, 30 s) + 60 s. So a
-  running job stays in StartedJobRegistry however long the main thread blocks, and the entry of a
-  dead worker's job expires within ~90 s (not timeout + 60 s as with `SimpleWorker`).
+- Heartbeats: a heartbeat thread refreshes, every `heartbeat_interval` (5 s, the setting
+  WORKER_HEARTBEAT_INTERVAL), the worker key with a TTL of three intervals (`liveness_ttl`, at
+  least 5 s) and, in one pipeline, each in-flight execution (`StartedJobRegistry` score, execution
+  hash, job `last_heartbeat`) with the forking `Worker`'s TTL rule, min(time left, 30 s) + 60 s. So
+  a running job stays in StartedJobRegistry however long the main thread blocks, and a worker that
+  stops beating counts as dead within `liveness_ttl` (see "Abandoned jobs" below).
 - Timeouts: `ThreadDeathPenalty` raises `JobTimeoutException` in the job's thread from one
   watchdog thread (`PyThreadState_SetAsyncExc`, like RQ's `TimerDeathPenalty`, which needs a
   timer thread per job and patches the exception class globally). Caveat: an asynchronous
@@ -45,18 +46,32 @@ What is kept from RQ (the job side is RQ's own code, run in a thread):
 - The database: after each job the thread's peewee connection is closed, so pooled PostgreSQL
   connections go back to the pool and SQLite handles of finished threads never leak.
 
-Abandoned jobs (worker SIGKILLed, machine lost), as RQ 3.0 handles them: the job stays STARTED in
-StartedJobRegistry with its execution's expiry score (last heartbeat + <= 90 s). Any live
-worker's maintenance (`clean_registries`, every `maintenance_interval`; here 60 s rather than
-RQ's 600 s so a lost reply is recovered within ~2.5 minutes) calls `StartedJobRegistry.cleanup`:
-for each expired entry whose job is still STARTED it runs the failure callback and exception
-handlers with `AbandonedJobError`, then `job.retry()` if the job has retries left (requeued, or
-scheduled after its retry interval), else marks it FAILED in FailedJobRegistry ("Moved to
-FailedJobRegistry, due to AbandonedJobError"); in both cases it releases the job's RateLimit slot
-so the next job of that key is promoted. A job popped into the intermediate list but never
-started (killed between BLMOVE and prepare_execution) is failed or retried by
-`IntermediateQueue.cleanup` about a minute later. The dead worker's key simply expires.
-tests/test_worker_pool.py checks the retried and the failed case on a real Redis.
+Abandoned jobs (worker SIGKILLed, machine lost). RQ 3.0 alone leaves the job STARTED in
+StartedJobRegistry until its execution's expiry score (last heartbeat + <= 90 s) has passed and
+a worker's maintenance runs `StartedJobRegistry.cleanup`: a minute or more of silence for the
+person waiting. Here every worker runs `reap_abandoned()` every `reap_interval` (2 s): an entry
+whose worker is certainly dead (`worker_is_dead`: its registration expired, it registered its
+death, or it ran on this machine and its process is gone or its pid was reused) gets its score
+set to 0 and RQ's own cleanup handles it at once: failure callback and exception handlers with
+`AbandonedJobError`, then `job.retry()` if the job has retries left (else FAILED in
+FailedJobRegistry), and its RateLimit slot released so the chat's next job is promoted. A retry
+RQ scheduled after a backoff is enqueued at once (`run_now`): the death was no service's fault.
+A job popped into the intermediate list but never started (killed between BLMOVE and
+prepare_execution) is failed or retried by `IntermediateQueue.cleanup` a minute or two later
+(the gateway's sweep does not wait for it: see workers/jobs.py). tests/test_worker_pool.py checks
+RQ's retried and failed cases on a real Redis; tests/test_faults.py the whole path.
+
+Redis outages: every loop here (the main loop's dequeue and maintenance, heartbeats, the
+scheduler thread, RQ's command channel) reports to one `RedisOutage` per worker: one log line
+when Redis goes, one when it is back, a bounded backoff (1 s doubling to 5 s) between attempts,
+never an exit. A job thread whose bookkeeping fails on Redis logs one line; its own work is in the
+database, and the entries it could not settle are settled by the cleanup or the gateway's sweep.
+After a Redis restart that lost the data, the next heartbeat registers the worker again.
+
+Scheduler lock: every worker runs a `ThreadScheduler` thread; the one holding the queue's lock
+moves due jobs, the others stand by and try for it every 2 s, taking it at once when its holder
+(an owner token naming host, pid and process start time, see gateway.processes) is a process of
+this machine that is gone. A warm shutdown releases it.
 
 Entry point for tests and the benchmark: `python -m workers.pool --url redis://... --queue NAME`.
 The gateway's worker is started by `workers.runner.run_worker` (`smsgw worker`).
@@ -72,6 +87,7 @@ import heapq
 import itertools
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -81,15 +97,21 @@ from typing import Any
 import redis.exceptions
 from redis import Redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.exceptions import DequeueTimeout, StopRequested
+from rq.exceptions import DequeueTimeout, NoSuchJobError, StopRequested
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.scripts import release_lock
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
-from rq.utils import now
-from rq.worker import SimpleWorker, WorkerStatus
+from rq.utils import current_timestamp, now
+from rq.worker import SimpleWorker, Worker, WorkerStatus
 from rq.worker.base import BaseWorker, DequeueStrategy
+from rq.worker_registration import register as register_worker_key
+
+from gateway.processes import owner_is_dead, owner_token, process_is_alive
+from gateway.queue import REDIS_DOWN_ERRORS, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -202,34 +224,164 @@ class ThreadDeathPenalty(BaseDeathPenalty):
                 _async_raise(self._thread_id, None)
 
 
+# --- is a worker (process) alive? ---------------------------------------------------------------
+
+
+def worker_is_dead(connection: Redis, worker_name: str | None, cache: dict[str, bool] | None = None) -> bool:
+    """True when the RQ worker `worker_name` is certainly gone (its jobs are abandoned).
+
+    Certain means: its registration expired (no heartbeat for `liveness_ttl` seconds), it
+    registered its death, or it ran on this machine and its process no longer exists (or the pid
+    now belongs to a younger process, as after a container restart). A live worker on another
+    machine keeps its registration fresh with heartbeats, so this is False for it.
+    """
+    if not worker_name:
+        return False
+    if cache is not None and worker_name in cache:
+        return cache[worker_name]
+    key = Worker.redis_worker_namespace_prefix + worker_name
+    hostname, pid, death, birth = (
+        v.decode() if isinstance(v, bytes) else v
+        for v in connection.hmget(key, "hostname", "pid", "death", "birth")
+    )
+    if hostname is None and pid is None:
+        dead = True  # the registration expired: no heartbeat within its TTL
+    elif death:
+        dead = True  # it shut down; a job still STARTED under it is not running
+    elif hostname != socket.gethostname() or not pid:
+        dead = False
+    else:
+        born = None
+        if birth:
+            with contextlib.suppress(ValueError):
+                from rq.utils import utcparse
+
+                born = utcparse(birth).timestamp()
+        dead = not process_is_alive(int(pid), born)
+    if cache is not None:
+        cache[worker_name] = dead
+    return dead
+
+
+def take_over_stale_lock(connection: Redis, lock_key: str, token_of: Any = None) -> bool:
+    """Delete `lock_key` when its owner is a dead process of this machine; True if deleted.
+
+    Locks (RQ's scheduler lock, the cron lock) are saved with Redis's data and have TTLs of up to
+    a minute: without this a restart (or a replacement for a killed worker) waits that long.
+    `token_of` extracts the `owner_token` from a lock value that holds more.
+    """
+    raw = connection.get(lock_key)
+    if raw is None:
+        return False
+    holder = raw.decode() if isinstance(raw, bytes) else raw
+    if not owner_is_dead(token_of(holder) if token_of else holder):
+        return False
+    deleted = release_lock(connection, lock_key, holder)
+    if deleted:
+        log.info("took over lock %s from %s, a process that is gone", lock_key, holder)
+    return bool(deleted)
+
+
+def run_now(connection: Redis, job_id: str, serializer: Any = None) -> bool:
+    """If RQ scheduled job `job_id` for later (a retry's backoff), enqueue it now; True if so.
+
+    ZREM from the scheduled registry decides between this and a scheduler moving it at the same
+    moment: only the one that removed it enqueues it.
+    """
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=serializer)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) != JobStatus.SCHEDULED:
+        return False
+    queue = Queue(job.origin, connection=connection, serializer=serializer)
+    if not queue.scheduled_job_registry.remove(job):
+        return False
+    queue.enqueue_job(job)
+    return True
+
+
 # --- RQ's scheduler in a thread ---------------------------------------------------------------
 
 
 class ThreadScheduler(RQScheduler):
-    """RQ's scheduler (moves due scheduled jobs and Retry intervals to their queue) in a thread."""
+    """RQ's scheduler (moves due scheduled jobs and Retry intervals to their queue) in a thread.
+
+    Unlike RQ's forked scheduler, every worker runs this thread: the one holding the queue's
+    scheduler lock moves due jobs, the others stand by and try for the lock every few seconds
+    (taking it over at once from a dead process of this machine), so a retry never waits for a
+    lock TTL after a restart or a crash. Redis outages are survived (see RedisOutage).
+    """
+
+    # Seconds a standby scheduler waits between attempts to take the lock.
+    standby_interval = 2.0
+
+    def __init__(self, *args: Any, outage: RedisOutage | None = None, **kwargs: Any) -> None:
+        """RQ's scheduler with a name that says which process holds its locks."""
+        kwargs.setdefault("name", owner_token())
+        super().__init__(*args, **kwargs)
+        self.outage = outage or RedisOutage("scheduler", self.log)
+        self._wake = threading.Event()
 
     def _install_signal_handlers(self) -> None:
         """The worker's main thread owns the signals; stop() ends this thread."""
+
+    def acquire_locks(self, auto_start: bool = False) -> set[str]:
+        """RQ's lock acquisition, after removing locks whose holder is a dead process of this machine."""
+        for name in self._queue_names - self._acquired_locks:
+            take_over_stale_lock(self.connection, self.get_locking_key(name))
+        return super().acquire_locks(auto_start=False)
 
     def start(self) -> threading.Thread:
         """Run the scheduler loop in a daemon thread (RQ forks a process here)."""
         self._status = self.Status.STARTED
         self._stop_requested = False
+        self._wake.clear()
         thread = threading.Thread(target=self._run, name="rq-scheduler", daemon=True)
-        self._process = thread  # RQ's maintenance checks `_process.is_alive()` to restart it
+        self._process = thread
         thread.start()
         return thread
 
     def _run(self) -> None:
-        """The scheduler loop; an error ends the thread and maintenance restarts it."""
+        """The scheduler loop until stopped: never ends on an error, Redis outages included."""
+        registered = False
+        last_try = 0.0
+        while not self._stop_requested:
+            try:
+                if not registered:
+                    self.register_birth()
+                    registered = True
+                if (
+                    self._acquired_locks != self._queue_names
+                    and time.monotonic() - last_try >= self.standby_interval
+                ):
+                    last_try = time.monotonic()
+                    self.acquire_locks()
+                if self._acquired_locks:
+                    self.heartbeat()
+                    self.enqueue_scheduled_jobs()
+                else:
+                    self.save()  # keep our own registration alive while standing by
+                self.outage.ok()
+                wait = self.interval
+            except REDIS_DOWN_ERRORS as error:
+                wait = self.outage.failed(error)
+                # After an outage the locks may be gone (a Redis restart): ask again.
+                self._acquired_locks = set()
+                self._scheduled_job_registries = []
+            except Exception:
+                self.log.exception("Scheduler: a turn failed; trying again")
+                wait = 5.0
+            self._wake.wait(wait)
         try:
-            self.work()
-        except Exception:
-            self.log.exception("Scheduler thread stopped on an error; maintenance will restart it")
+            self.stop()  # releases our locks, so the next start takes them at once
+        except REDIS_DOWN_ERRORS:
+            self.log.warning("Scheduler: Redis unreachable at shutdown; its locks expire on their own")
 
     def stop_thread(self, timeout: float = 5.0) -> None:
         """Ask the loop to stop (it releases its locks) and wait for it."""
         self._stop_requested = True
+        self._wake.set()
         if self._process is not None and self._process is not threading.current_thread():
             self._process.join(timeout)
 
@@ -256,6 +408,8 @@ class ThreadPoolWorker(SimpleWorker):
     dequeue_poll_interval = 1
     # Seconds a cold shutdown waits for job threads to record their interruption.
     cold_shutdown_grace = 5.0
+    # Seconds a job may sit popped but not started before it counts as its dead worker's.
+    stuck_after = 5.0
 
     def __init__(
         self,
@@ -264,13 +418,28 @@ class ThreadPoolWorker(SimpleWorker):
         *args: Any,
         concurrency: int = 10,
         maintenance_interval: int = 60,
+        heartbeat_interval: float = 5.0,
+        reap_interval: float = 2.0,
         **kwargs: Any,
     ):
-        """Like RQ's workers, plus `concurrency`: how many jobs may be in flight at once."""
+        """Like RQ's workers, plus `concurrency`: how many jobs may be in flight at once.
+
+        `heartbeat_interval`: seconds between heartbeats; the worker's registration lives three
+        of them, so a worker on another machine that stops beating counts as dead that soon.
+        `reap_interval`: seconds between looks for jobs abandoned by dead workers.
+        """
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("concurrency must be an integer of at least 1")
         self.concurrency = concurrency
         super().__init__(queues, name, *args, maintenance_interval=maintenance_interval, **kwargs)
+        self.heartbeat_interval = max(
+            0.2, min(float(heartbeat_interval), float(self.job_monitoring_interval))
+        )
+        # Three missed heartbeats, and never under 5 s: a busy machine may delay one a little.
+        self.liveness_ttl = max(5, int(self.heartbeat_interval * 3 + 0.999))
+        self.reap_interval = reap_interval
+        self._last_reap = 0.0
+        self.outage = RedisOutage(f"Worker {self.name}", self.log)
         self._slots = threading.BoundedSemaphore(concurrency)
         # Guards _inflight and the busy/idle state written to Redis; _done is notified per job end.
         self._lock = threading.Lock()
@@ -284,7 +453,6 @@ class ThreadPoolWorker(SimpleWorker):
         self._heartbeat_thread: threading.Thread | None = None
         self._cold_stop = False
         self._previous_handlers: dict[int, Any] = {}
-        self._connection_wait = 1.0
 
     # -- RQ hooks --
 
@@ -338,6 +506,11 @@ class ThreadPoolWorker(SimpleWorker):
         """Body of a job's thread: RQ's perform_job, then per-thread cleanup and the slot back."""
         try:
             self.perform_job(job, queue, execution)
+        except REDIS_DOWN_ERRORS as error:
+            # The job ran (its own work is in the database); recording it in Redis failed. The
+            # outage is logged once; the job's entries are settled by cleanup or the sweep.
+            self.outage.failed(error)
+            self.log.info("Worker %s: job %s ended while Redis was unreachable", self.name, job.id)
         except BaseException:
             # perform_job records failures itself; this is an exception raised inside its
             # failure handling (e.g. a cold shutdown landing there). The entry left in
@@ -356,6 +529,8 @@ class ThreadPoolWorker(SimpleWorker):
             if not self._inflight:
                 try:
                     self.set_state(WorkerStatus.IDLE)
+                except REDIS_DOWN_ERRORS as error:
+                    self.outage.failed(error)  # logged once per outage
                 except redis.exceptions.RedisError:
                     self.log.warning("Worker %s: could not record idle state", self.name)
             self._done.notify_all()
@@ -370,15 +545,20 @@ class ThreadPoolWorker(SimpleWorker):
 
     def _heartbeat_loop(self) -> None:
         """Refresh the worker's and every in-flight execution's TTL until told to stop."""
-        while not self._heartbeat_stop.wait(self.job_monitoring_interval):
+        wait = 0.0  # the first beat at once: it also shortens the registration's TTL
+        while not self._heartbeat_stop.wait(wait):
+            wait = self.heartbeat_interval
             try:
                 self.heartbeat_executions()
+                self.outage.ok()
+            except REDIS_DOWN_ERRORS as error:
+                wait = min(self.heartbeat_interval, self.outage.failed(error))
             except Exception:
                 self.log.warning("Worker %s: heartbeat failed", self.name, exc_info=True)
 
     def heartbeat_executions(self) -> None:
         """One pipeline: worker TTL, plus each execution's registry score, hash and job heartbeat."""
-        worker_ttl = self.worker_ttl + 60
+        worker_ttl = self.liveness_ttl
         with self._heartbeat_lock:
             records = list(self._beating.values())
             with self.connection.pipeline() as pipeline:
@@ -400,8 +580,10 @@ class ThreadPoolWorker(SimpleWorker):
                     if results[index] == 1:
                         pipeline.delete(record.job.key)
                 if results[0] == 1:
+                    # After a Redis restart that lost our registration: register again.
                     pipeline.hset(self.key, mapping=self.serialize())
                     pipeline.expire(self.key, worker_ttl)
+                    register_worker_key(self, pipeline)
                 if len(pipeline):
                     pipeline.execute()
 
@@ -436,23 +618,126 @@ class ThreadPoolWorker(SimpleWorker):
             date_format=date_format,
             log_format=log_format,
             serializer=self.serializer,
+            outage=self.outage,
         )
+        if not burst:
+            self.scheduler.start()  # holds the lock, or stands by for it
+            return
         self.scheduler.acquire_locks()
         if self.scheduler.acquired_locks:
-            if burst:
-                try:
-                    self.scheduler.register_birth()
-                    self.scheduler.enqueue_scheduled_jobs()
-                finally:
-                    self.scheduler.release_locks()
-                    self.scheduler.register_death()
-            else:
-                self.scheduler.start()
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
 
     def stop_scheduler(self) -> None:
         """Stop the scheduler thread (RQ's version signals a process)."""
         if isinstance(self.scheduler, ThreadScheduler):
             self.scheduler.stop_thread()
+
+    # -- maintenance: registries, and jobs of dead workers --
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's registry cleaning; the scheduler thread restarts itself, so nothing to restart here."""
+        thread = self.scheduler._process if isinstance(self.scheduler, ThreadScheduler) else None
+        if thread is not None and not thread.is_alive():
+            self.scheduler.start()
+        self.clean_registries()
+        self.clean_group_registries()
+
+    def _reap_unstarted(self, queue: Queue, started: set[str]) -> int:
+        """Jobs popped into the intermediate list by a worker that died before starting them.
+
+        A live worker starts a popped job within milliseconds; one still there `stuck_after`
+        seconds after we first saw it goes through RQ's failure path (retried, or failed for the
+        sweep to re-queue), as RQ's own IntermediateQueue.cleanup does after a minute or more.
+        """
+        intermediate = queue.intermediate_queue
+        handled = 0
+        for job_id in intermediate.get_job_ids():
+            if job_id in started:
+                continue
+            seen_key = f"{intermediate.key}:unstarted:{job_id}"
+            if self.connection.set(seen_key, time.time(), nx=True, ex=3600):
+                continue  # first seen now
+            if time.time() - float(self.connection.get(seen_key) or time.time()) < self.stuck_after:
+                continue
+            job = queue.fetch_job(job_id)
+            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
+                self.log.warning(
+                    "Worker %s: job %s was popped by a worker that died; handed back", self.name, job_id
+                )
+                self.handle_job_failure(job, queue, exc_string="Its worker died before starting it.")
+                run_now(self.connection, job_id, serializer=self.serializer)
+                handled += 1
+            intermediate.remove(job_id)
+            self.connection.delete(seen_key)
+        return handled
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's command channel: wait out a Redis outage quietly (the outage logs it once)."""
+        if isinstance(exc, REDIS_DOWN_ERRORS):
+            time.sleep(self.outage.failed(exc))
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def reap_abandoned(self) -> int:
+        """Hand the jobs of dead workers to RQ's abandoned-job handling now; returns how many.
+
+        RQ itself notices an abandoned job only when its execution's heartbeat TTL (up to 90 s)
+        has passed. Here a job in StartedJobRegistry whose worker is certainly dead (see
+        `worker_is_dead`: its process is gone from this machine, or its registration, refreshed
+        every heartbeat, expired) gets its entry expired, and RQ's StartedJobRegistry.cleanup
+        retries it (or fails it when no retries are left) and frees its RateLimit slot. A retry
+        that RQ scheduled after a backoff is enqueued at once: the death was no service's fault.
+        """
+        reaped = 0
+        dead: dict[str, bool] = {self.name: False}
+        for queue in self.queues:
+            registry = StartedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer)
+            members = self.connection.zrange(registry.key, 0, -1)
+            reaped += self._reap_unstarted(queue, {m.decode().rsplit(":", 1)[0] for m in members})
+            if not members:
+                continue
+            by_job: dict[str, list[bytes]] = {}
+            for member in members:
+                by_job.setdefault(member.decode().rsplit(":", 1)[0], []).append(member)
+            # Only the worker names: each execution's (set when it started, in the main thread)
+            # and each job's, in one round trip.
+            with self.connection.pipeline() as pipeline:
+                for job_id, job_members in by_job.items():
+                    pipeline.hget(f"rq:execution:{job_members[0].decode()}", "worker_name")
+                    pipeline.hget(Job.key_for(job_id), "worker_name")
+                names = pipeline.execute()
+            abandoned = []
+            for position, job_id in enumerate(by_job):
+                raw = names[2 * position] or names[2 * position + 1]
+                name = raw.decode() if isinstance(raw, bytes) else raw
+                if name and worker_is_dead(self.connection, name, dead):
+                    abandoned.append((job_id, name))
+            if not abandoned:
+                continue
+            for job_id, _ in abandoned:
+                # Killed after registering the execution but before the job's thread marked it
+                # STARTED: RQ's cleanup would skip it (and leave its RateLimit slot held).
+                job = queue.fetch_job(job_id)
+                if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
+                    self.handle_job_failure(job, queue, exc_string="Its worker died as it was starting it.")
+            expired = [member for job_id, _ in abandoned for member in by_job[job_id]]
+            self.connection.zadd(registry.key, dict.fromkeys(expired, 0), xx=True)
+            registry.cleanup(timestamp=current_timestamp(), exception_handlers=self._exc_handlers)
+            for job_id, worker_name in abandoned:
+                reaped += 1
+                self.log.warning(
+                    "Worker %s: job %s was abandoned by dead worker %s; handed back to RQ",
+                    self.name,
+                    job_id,
+                    worker_name,
+                )
+                run_now(self.connection, job_id, serializer=self.serializer)
+        return reaped
 
     # -- signals and commands --
 
@@ -551,6 +836,10 @@ class ThreadPoolWorker(SimpleWorker):
                     self.check_for_suspension(burst)
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
+                    if time.monotonic() - self._last_reap >= self.reap_interval:
+                        self._last_reap = time.monotonic()
+                        self.reap_abandoned()
+                    self.outage.ok()
                     if self._stop_requested:
                         self.log.info("Worker %s: stopping on request", self.name)
                         break
@@ -576,7 +865,7 @@ class ThreadPoolWorker(SimpleWorker):
                         continue
                     job, queue = result
                     try:
-                        self.execute_job(job, queue)
+                        self._start_job(job, queue)
                     except BaseException:
                         self._slots.release()
                         raise
@@ -587,6 +876,8 @@ class ThreadPoolWorker(SimpleWorker):
                         break
                 except StopRequested:
                     break
+                except REDIS_DOWN_ERRORS as error:
+                    self._sleep(self.outage.failed(error))
                 except Exception:
                     self.log.error(
                         "Worker %s: found an unhandled exception, quitting...", self.name, exc_info=True
@@ -598,7 +889,13 @@ class ThreadPoolWorker(SimpleWorker):
             finally:
                 self._heartbeat_stop.set()
                 self._heartbeat_thread.join(timeout=5)
-                self.teardown()
+                try:
+                    self.teardown()
+                except REDIS_DOWN_ERRORS:
+                    self.log.warning(
+                        "Worker %s: Redis unreachable at shutdown; its registration expires on its own",
+                        self.name,
+                    )
                 self._restore_signal_handlers()
         return bool(started)
 
@@ -616,17 +913,10 @@ class ThreadPoolWorker(SimpleWorker):
             )
         except DequeueTimeout:
             return None
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            self.log.error(
-                "Worker %s: could not connect to Redis: %s; retrying in %.0f s",
-                self.name,
-                error,
-                self._connection_wait,
-            )
-            self._sleep(self._connection_wait)
-            self._connection_wait = min(self._connection_wait * self.exponential_backoff_factor, 60.0)
+        except REDIS_DOWN_ERRORS as error:
+            self._sleep(self.outage.failed(error))
             return None
-        self._connection_wait = 1.0
+        self.outage.ok()
         if result is None:
             return None
         job, queue = result
@@ -637,6 +927,21 @@ class ThreadPoolWorker(SimpleWorker):
         else:
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
         return result
+
+    def _start_job(self, job: Job, queue: Queue) -> None:
+        """execute_job, retried through a Redis outage: a dequeued job is never dropped here."""
+        while True:
+            try:
+                self.execute_job(job, queue)
+                return
+            except REDIS_DOWN_ERRORS as error:
+                wait = self.outage.failed(error)
+            if self._stop_requested:
+                # Left in the queue's intermediate list: RQ's cleanup (or the sweep) runs it later.
+                self.log.warning("Worker %s: stopping before job %s could start", self.name, job.id)
+                self._slots.release()
+                return
+            self._sleep(wait)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up early on a stop request."""

@@ -6,15 +6,16 @@ and RQ's CronScheduler enqueuing the periodic jobs from a daemon thread.
 
 Periodic jobs are registered by dotted path, so this module never imports workers.jobs. When
 several worker processes run, each has a cron thread but only the one holding a Redis lock
-(`smsgw:cron-lock:<queue>`, refreshed every few seconds, TTL 45 s) enqueues; when it dies another
-takes over once the lock expires. The jobs are idempotent anyway, so a rare duplicate is harmless.
+(`smsgw:cron-lock:<queue>`, refreshed every few seconds, TTL 15 s) enqueues; when it dies another
+takes over once the lock expires, or at once when the holder was a process of this machine that
+is gone. The jobs are idempotent anyway, so a rare duplicate is harmless. A Redis outage is
+waited out (one log line when it starts, one when it ends; see gateway.queue.RedisOutage).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 
 from redis import Redis
 from rq.cron import CronJob, CronScheduler
@@ -26,14 +27,16 @@ from rq.scripts import acquire_or_refresh_lock, release_lock
 from gateway import metrics
 from gateway.config import Settings
 from gateway.logs import configure_logging, describe_setup, is_configured
-from gateway.queue import JobSerializer, connect_redis, job_queue, queue_name
+from gateway.processes import owner_token
+from gateway.queue import REDIS_DOWN_ERRORS, JobSerializer, RedisOutage, connect_redis, job_queue, queue_name
 from gateway.storage import db
 from workers import context
-from workers.pool import ThreadPoolWorker
+from workers.pool import ThreadPoolWorker, take_over_stale_lock
 
 log = logging.getLogger(__name__)
 
-# (dotted path, interval in seconds): the sweeps that keep conversations moving.
+# (dotted path, interval in seconds): the sweeps that keep conversations moving. The sweep's
+# interval is the setting SWEEP_INTERVAL (see periodic_jobs).
 PERIODIC_JOBS: tuple[tuple[str, int], ...] = (
     ("workers.jobs.sweep_unanswered", 15),
     ("workers.jobs.close_silent_chats", 60),
@@ -63,19 +66,36 @@ class DottedCronJob(CronJob):
         return job
 
 
+def periodic_jobs(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """PERIODIC_JOBS with the sweep at the configured interval."""
+    sweep = max(1, int(settings.sweep_interval))
+    return tuple(
+        (path, sweep if path == "workers.jobs.sweep_unanswered" else interval)
+        for path, interval in PERIODIC_JOBS
+    )
+
+
 class PeriodicJobs:
     """RQ's CronScheduler loop in a daemon thread, enqueuing only while it holds the cron lock."""
 
-    lock_ttl = 45
+    lock_ttl = 15
     # Longest sleep between loop turns: the lock is refreshed (and a free lock noticed) this often.
-    max_sleep = 10.0
+    max_sleep = 4.0
 
-    def __init__(self, connection: Redis, queue: str, jobs: tuple[tuple[str, int], ...] = PERIODIC_JOBS):
+    def __init__(
+        self,
+        connection: Redis,
+        queue: str,
+        jobs: tuple[tuple[str, int], ...] = PERIODIC_JOBS,
+        outage: RedisOutage | None = None,
+    ):
         """Register `jobs` (dotted path, interval seconds) for `queue`; nothing runs yet."""
         self.connection = connection
         self.queue = queue
         self.lock_key = f"smsgw:cron-lock:{queue}"
-        self.scheduler = CronScheduler(connection=connection, name=f"{queue}:{uuid.uuid4().hex[:8]}")
+        self.outage = outage or RedisOutage("cron", log)
+        # The lock's owner token names this process, so a successor can tell it is gone.
+        self.scheduler = CronScheduler(connection=connection, name=f"{queue}|{owner_token()}")
         for path, interval in jobs:
             # CronScheduler.register() wants the function object; a dotted-path job is added directly.
             self.scheduler._cron_jobs.append(
@@ -105,6 +125,8 @@ class PeriodicJobs:
 
     def run_once(self) -> float:
         """One turn: take or refresh the lock, enqueue what is due; returns seconds to sleep."""
+        if not self.holds_lock:
+            take_over_stale_lock(self.connection, self.lock_key, token_of=_cron_token)
         outcome = acquire_or_refresh_lock(self.connection, self.lock_key, self.scheduler.name, self.lock_ttl)
         was_holding, self.holds_lock = self.holds_lock, outcome in ("acquired", "refreshed")
         if self.holds_lock and not was_holding:
@@ -115,15 +137,19 @@ class PeriodicJobs:
         return min(self.scheduler.calculate_sleep_interval(), self.max_sleep)
 
     def _run(self) -> None:
-        """Loop until stopped; Redis errors are logged and retried."""
-        try:
-            self.scheduler.register_birth()
-        except Exception:
-            log.warning("cron: could not register the scheduler", exc_info=True)
+        """Loop until stopped; a Redis outage is waited out, other errors are logged and retried."""
+        registered = False
         try:
             while not self._stop.is_set():
                 try:
+                    if not registered:
+                        self.scheduler.register_birth()
+                        registered = True
                     sleep = self.run_once()
+                    self.outage.ok()
+                except REDIS_DOWN_ERRORS as error:
+                    sleep = self.outage.failed(error)
+                    self.holds_lock = False  # a restarted Redis may have lost it; take it afresh
                 except Exception:
                     log.warning("cron: turn failed; retrying", exc_info=True)
                     sleep = self.max_sleep
@@ -133,8 +159,15 @@ class PeriodicJobs:
                 if self.holds_lock:
                     release_lock(self.connection, self.lock_key, self.scheduler.name)
                 self.scheduler.register_death()
+            except REDIS_DOWN_ERRORS:
+                log.warning("cron: Redis unreachable at shutdown; the cron lock expires on its own")
             except Exception:
                 log.warning("cron: could not unregister", exc_info=True)
+
+
+def _cron_token(holder: str) -> str:
+    """The process token inside a cron lock's owner ("<queue>|<token>")."""
+    return holder.split("|", 1)[1] if "|" in holder else holder
 
 
 def run_worker(settings: Settings, concurrency: int | None = None, burst: bool = False) -> None:
@@ -154,10 +187,11 @@ def run_worker(settings: Settings, concurrency: int | None = None, burst: bool =
         connection=connection,
         concurrency=concurrency or settings.worker_concurrency,
         serializer=JobSerializer,
+        heartbeat_interval=settings.worker_heartbeat_interval,
     )
     periodic = None
     if not burst:
-        periodic = PeriodicJobs(connection, name)
+        periodic = PeriodicJobs(connection, name, periodic_jobs(settings), outage=worker.outage)
         periodic.start()
     try:
         worker.work(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from peewee import fn
+
 from gateway.storage.models import Chat, Message, MessageKind, MessageStatus, Role
 from gateway.twilio.channels import describe_details
 from gateway.twilio.media import MAX_IMAGES, describe, is_image, pending_image
@@ -51,14 +53,19 @@ def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = Non
     """The newest `limit` messages of the chat, oldest first, in ONE bounded query.
 
     Agent parts that never left (failed before Twilio took them) are not part of the
-    conversation the person saw, so they are left out.
+    conversation the person saw, so they are left out. A reply sits right after the text it
+    answers, even when a newer text arrived while it was being written (its row is newer):
+    otherwise the model, asked about that newer text, would not see that the older ones were
+    answered and would answer them again. `upto_message_id` keeps the messages up to that one,
+    replies to them included.
     """
     if limit < 1:
         return []
+    position = fn.COALESCE(Message.reply_to, Message.id)
     query = Message.select().where((Message.chat == chat.chat_id) & in_conversation())
     if upto_message_id is not None:
-        query = query.where(Message.id <= upto_message_id)
-    rows = list(query.order_by(Message.id.desc()).limit(limit))
+        query = query.where(position <= upto_message_id)
+    rows = list(query.order_by(position.desc(), Message.id.desc()).limit(limit))
     rows.reverse()
     return rows
 

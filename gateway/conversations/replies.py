@@ -12,7 +12,10 @@ connection only briefly (none while the model or Twilio is being waited on):
 5. mark the inbound messages the reply covers `answered`.
 
 Because the parts are stored before the first send and a part with a SID is never sent again,
-a crash anywhere repeats at most the one send whose SID was not stored yet (see SEND_LEASE).
+a crash anywhere leaves at most one part whose send may or may not have reached Twilio. That part
+is marked with the sending attempt (`claimed_by`); another attempt takes it over at once when that
+attempt is over (its process is gone, or it failed) or after SEND_LEASE, and first asks Twilio
+whether it was accepted (`find_sent`), so it is not sent twice.
 Failures are recorded on the messages and re-raised, so RQ sees them (and retries transient ones).
 
 When the model fails for good (a PermanentError, or a TransientError on the last attempt), the
@@ -26,9 +29,12 @@ re-raised for RQ. Twilio failures never bring a fallback: it would fail the same
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from peewee import InterfaceError, OperationalError
 
 from gateway import metrics
 from gateway.agent import llm, spend
@@ -38,6 +44,7 @@ from gateway.config import Settings
 from gateway.conversations.refusals import refuse_reply
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
 from gateway.logs import mask_number, traffic
+from gateway.processes import attempt_token, claim_is_abandoned
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
     Agent,
@@ -55,9 +62,9 @@ from gateway.storage.models import (
 )
 from gateway.twilio import media
 from gateway.twilio.channels import OUTSIDE_WINDOW_ERROR, session_window_open
-from gateway.twilio.client import send_sms, show_typing
-from gateway.twilio.senders import SENDER_PACED, sender_for, wait_for_slot
-from gateway.twilio.statuses import map_twilio_status
+from gateway.twilio.client import find_sent, send_sms, show_typing
+from gateway.twilio.senders import SENDER_PACED, Sender, sender_for, wait_for_slot
+from gateway.twilio.statuses import apply_early_statuses, map_twilio_status
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,11 @@ log = logging.getLogger(__name__)
 # taken over by another attempt only after this long: longer than one Twilio call may take, so
 # the first attempt has either stored the SID or died by then.
 SEND_LEASE = timedelta(seconds=90)
+# A taken-over part is looked for among Twilio's messages created since its claim, minus this
+# (Twilio's clock and ours differ a little; its dates have whole seconds).
+SEND_CLOCK_SLACK = timedelta(seconds=5)
+# Tries to record a sent part's SID when the database connection drops meanwhile.
+SID_STORE_ATTEMPTS = 3
 # The code of the TransientError raised when another attempt holds a part of this reply.
 IN_PROGRESS = "reply_in_progress"
 # At most this many waiting texts are answered by one reply (the rest get the next one).
@@ -370,49 +382,95 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
     for index, part in enumerate(parts):
         if part.twilio_sid:
             continue
-        if not _claim(part.id):
-            with database.connection_context():
-                if Message.select(Message.twilio_sid).where(Message.id == part.id).scalar():
-                    continue  # another attempt sent it a moment ago
-            raise TransientError("Another attempt is sending this reply right now.", IN_PROGRESS)
-        try:
-            # The number's send rate (max_mps), shared by every worker, taken as close to the send
-            # as possible; SenderPaced (the part is released) when the next slot is far off.
-            wait_for_slot(settings, sender)
-            template = part.details if isinstance(part.details, dict) else {}
-            sid, status = send_sms(
+        with attempt_token() as token:
+            if _send_part(settings, target, parts, index, token, callback, sender):
+                sent += 1
+    return sent
+
+
+def _send_part(
+    settings: Settings,
+    target: SmsTarget,
+    parts: list[Message],
+    index: int,
+    token: str,
+    callback: str | None,
+    sender: Sender,
+) -> bool:
+    """Claim, send and record one part (see send_parts); False when another attempt just sent it."""
+    part = parts[index]
+    claim = _claim(part.id, token)
+    if claim is None:
+        with database.connection_context():
+            if Message.select(Message.twilio_sid).where(Message.id == part.id).scalar():
+                return False  # another attempt sent it a moment ago
+        raise TransientError("Another attempt is sending this reply right now.", IN_PROGRESS)
+    try:
+        # The number's send rate (max_mps), shared by every worker, taken as close to the send
+        # as possible; SenderPaced (the part is released) when the next slot is far off.
+        wait_for_slot(settings, sender)
+        template = part.details if isinstance(part.details, dict) else {}
+        # Taken over from a sender that died mid-send: Twilio may have accepted the part
+        # already (the sender died before storing the SID); then it is not sent again.
+        found = (
+            find_sent(
                 settings,
                 from_=target.our_number,
                 to=target.their_number,
                 body=part.content,
-                media_urls=[m["url"] for m in part.media or [] if isinstance(m, dict) and m.get("url")],
-                status_callback=callback,
-                content_sid=template.get("content_sid"),
-                content_variables=template.get("content_variables"),
-                messaging_service_sid=sender.messaging_service_sid,
+                since=claim - SEND_CLOCK_SLACK,
             )
-        except PermanentError as exc:
-            unsent = [p.id for p in parts[index:] if not p.twilio_sid]
-            metrics.count("reply_parts", len(unsent), result="failed", error_code=str(exc.code or "error"))
-            record_part_failure(unsent, exc)
-            if is_opted_out(exc):
-                _mark_opted_out(target)
-            raise
-        except Exception as exc:
-            _unclaim(part.id)  # let the next attempt send it at once
-            code = str(getattr(exc, "code", None) or type(exc).__name__)
-            metrics.count("reply_parts", result="retried", error_code=code)
-            raise
-        with database.connection_context():
-            Message.update(
-                twilio_sid=sid,
-                status=_our_status(status),
-                updated_at=utcnow(),
-            ).where(Message.id == part.id).execute()
-        metrics.count("reply_parts", result="sent", error_code="")
-        log_part_out(target, index, len(parts), _our_status(status))
-        sent += 1
-    return sent
+            if claim is not True
+            else None
+        )
+        sid, status = found or send_sms(
+            settings,
+            from_=target.our_number,
+            to=target.their_number,
+            body=part.content,
+            media_urls=[m["url"] for m in part.media or [] if isinstance(m, dict) and m.get("url")],
+            status_callback=callback,
+            content_sid=template.get("content_sid"),
+            content_variables=template.get("content_variables"),
+            messaging_service_sid=sender.messaging_service_sid,
+        )
+    except PermanentError as exc:
+        unsent = [p.id for p in parts[index:] if not p.twilio_sid]
+        metrics.count("reply_parts", len(unsent), result="failed", error_code=str(exc.code or "error"))
+        record_part_failure(unsent, exc)
+        if is_opted_out(exc):
+            _mark_opted_out(target)
+        raise
+    except Exception as exc:
+        _unclaim(part.id)  # let the next attempt send it at once
+        code = str(getattr(exc, "code", None) or type(exc).__name__)
+        metrics.count("reply_parts", result="retried", error_code=code)
+        raise
+    _store_sid(part.id, sid, status)
+    metrics.count("reply_parts", result="sent", error_code="")
+    log_part_out(target, index, len(parts), _our_status(status))
+    return True
+
+
+def _store_sid(part_id: int, sid: str, status: str | None) -> None:
+    """Record the SID Twilio gave a part; a dropped database connection is retried a few times.
+
+    Twilio has the part by now: losing the SID would leave the part claimed until another
+    attempt asks Twilio for it (find_sent), so a fresh connection is worth a few tries.
+    """
+    for attempt in range(SID_STORE_ATTEMPTS):
+        try:
+            with database.connection_context():
+                Message.update(twilio_sid=sid, status=_our_status(status), updated_at=utcnow()).where(
+                    Message.id == part_id
+                ).execute()
+                apply_early_statuses(sid)  # a callback that beat us here
+            return
+        except (OperationalError, InterfaceError):
+            if attempt == SID_STORE_ATTEMPTS - 1:
+                raise
+            log.warning("part %s: storing its SID %s failed (database); trying again", part_id, sid)
+            time.sleep(0.5 * (attempt + 1))
 
 
 def log_part_out(target: SmsTarget, index: int, count: int, status: str) -> None:
@@ -428,22 +486,53 @@ def log_part_out(target: SmsTarget, index: int, count: int, status: str) -> None
     )
 
 
-def _claim(part_id: int) -> bool:
-    """Mark a part `sending` unless another live attempt holds it; True when this attempt may send."""
+def _claim(part_id: int, token: str) -> bool | datetime | None:
+    """Mark a part `sending` by this attempt (`token`) unless a live attempt holds it.
+
+    True: this attempt may send it. A datetime: the part was taken over from an attempt that
+    ended mid-send (its process died, or it failed after claiming; or its lease expired) at
+    about that time; Twilio must be asked whether that send went through. None: another live
+    attempt holds it.
+    """
     now = utcnow()
+    mine = {Message.status: "sending", Message.claimed_by: token, Message.updated_at: now}
     with database.connection_context():
-        return bool(
-            Message.update(status="sending", updated_at=now)
+        if (
+            Message.update(mine)
             .where(
                 (Message.id == part_id)
                 & Message.twilio_sid.is_null()
-                & (
-                    (Message.status == MessageStatus.QUEUED.value)
-                    | ((Message.status == "sending") & (Message.updated_at < now - SEND_LEASE))
-                )
+                & (Message.status == MessageStatus.QUEUED.value)
+            )
+            .execute()
+        ):
+            return True
+        row = (
+            Message.select(Message.status, Message.claimed_by, Message.updated_at)
+            .where((Message.id == part_id) & Message.twilio_sid.is_null())
+            .first()
+        )
+        if row is None or row.status != "sending":
+            return None
+        if not (row.updated_at < now - SEND_LEASE or claim_is_abandoned(row.claimed_by)):
+            return None
+        holder = (
+            Message.claimed_by.is_null() if row.claimed_by is None else Message.claimed_by == row.claimed_by
+        )
+        taken = (
+            Message.update(mine)
+            .where(
+                (Message.id == part_id)
+                & Message.twilio_sid.is_null()
+                & (Message.status == "sending")
+                & (Message.updated_at == row.updated_at)
+                & holder
             )
             .execute()
         )
+        if taken:
+            log.warning("part %s: its sender died mid-send; taking it over (checking Twilio first)", part_id)
+        return row.updated_at if taken else None
 
 
 def _unclaim(part_id: int) -> None:

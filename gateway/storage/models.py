@@ -249,6 +249,9 @@ class Message(BaseModel):
     reply_state = CharField(max_length=16, null=True, index=True)  # inbound only
     reply_to = ForeignKeyField("self", null=True, backref="replies", on_delete="SET NULL")
     part_index = IntegerField(null=True)  # outbound SMS: which part of the reply
+    # The process handing this part to Twilio now (gateway.processes.owner_token): if it dies
+    # mid-send, another process of its machine takes the part over at once.
+    claimed_by = CharField(max_length=120, null=True)
     prompt_tokens = IntegerField(null=True)
     completion_tokens = IntegerField(null=True)
     # Reserved for agent tools: the tool calls a reply made, with their results; nothing writes it yet.
@@ -284,4 +287,18 @@ class IdempotencyKey(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-ALL_MODELS = [Agent, PhoneNumber, Contact, Chat, Message, UserProfile, IdempotencyKey]
+class EarlyStatus(BaseModel):
+    """A status callback for a SID no message has yet: the worker stores the SID a moment later.
+
+    Twilio can call back before the send's HTTP answer reached the worker; the status is kept here
+    and applied once the SID is stored (gateway.twilio.statuses.apply_early_statuses).
+    """
+
+    twilio_sid = CharField(max_length=64, index=True)
+    status = CharField(max_length=16)
+    error_code = CharField(max_length=16, null=True)
+    error_message = TextField(null=True)
+    received_at = DateTimeField(default=utcnow)
+
+
+ALL_MODELS = [Agent, PhoneNumber, Contact, Chat, Message, UserProfile, IdempotencyKey, EarlyStatus]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from datetime import UTC, datetime
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 TWILIO_TIMEOUT = 30.0
 # A typing indicator is worth nothing late: its call gives up after this long.
 TYPING_TIMEOUT = 3.0
+# How many of the newest messages between two numbers find_sent looks through.
+FIND_SENT_LIMIT = 20
 
 _clients: dict[tuple, Client] = {}
 _clients_lock = threading.Lock()
@@ -126,6 +129,36 @@ def _send_typing(settings: Settings, message_sid: str) -> None:
         level = logging.DEBUG if _typing_failed_once.is_set() else logging.WARNING
         _typing_failed_once.set()
         log.log(level, "whatsapp typing indicator for %s not shown: %s", message_sid, exc)
+
+
+def find_sent(
+    settings: Settings, *, from_: str, to: str, body: str, since: datetime
+) -> tuple[str, str] | None:
+    """(sid, status) of a message Twilio accepted from `from_` to `to` with this body since `since`.
+
+    Asked before re-sending a part whose sender died mid-send: Twilio may have accepted it before
+    the sender could store the SID, and sending it again would text the person twice. Raises
+    TransientError when Twilio cannot be asked (the part is then not sent yet either); None also
+    when the API has no message list to ask (an emulator answering 404/405): then it is sent.
+    """
+    try:
+        recent = twilio_client(settings).messages.list(from_=from_, to=to, limit=FIND_SENT_LIMIT)
+    except TwilioRestException as exc:
+        if exc.status in (404, 405):
+            log.warning(
+                "Twilio API at %s cannot list messages; sending without checking",
+                settings.twilio_api_base_url,
+            )
+            return None
+        raise classify_twilio_error(exc) from exc
+    except (requests.RequestException, TwilioException) as exc:
+        raise TransientError(f"Could not ask Twilio what was sent: {exc}", "connection_error") from exc
+    cutoff = since.replace(tzinfo=since.tzinfo or UTC)
+    for message in recent:
+        created = message.date_created
+        if message.body == body and (created is None or created >= cutoff):
+            return message.sid, (message.status or "queued")
+    return None
 
 
 def classify_twilio_error(exc: TwilioRestException) -> GatewayError:

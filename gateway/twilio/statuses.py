@@ -6,15 +6,21 @@ of the API acts on (`MessageStatus`): every step before Twilio handed the messag
 "queued", "canceled" is "failed", and WhatsApp's "read" is kept: it follows "delivered". Callbacks
 arrive out of order, so a status is recorded only when it ranks higher than the stored one: a
 failure is never left, and only "read" follows "delivered".
+
+A callback can also arrive before the worker stored the SID Twilio's send answered with (Twilio
+is fast, the worker's database write a moment later, or the worker died in between). Such a
+status is kept as an EarlyStatus row and applied as soon as the SID is stored (the sending code
+calls `apply_early_statuses(sid)`), or by the periodic sweep, so it is never lost.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from gateway.conversations.sessions import set_opted_out
 from gateway.logs import mask_number
-from gateway.storage.models import Message, MessageStatus, utcnow
+from gateway.storage.models import EarlyStatus, Message, MessageStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,55 @@ def record_status(
         & (Message.status.is_null() | Message.status.in_(lower_statuses(status)))
     )
     return query.execute() > 0
+
+
+# An early status whose SID no message takes within this long was not ours: it is dropped.
+EARLY_STATUS_TTL = timedelta(days=1)
+
+
+def record_early_status(
+    twilio_sid: str, status: MessageStatus, *, error_code: str | None = None, error_message: str | None = None
+) -> None:
+    """Keep a status for a SID no message has yet; `apply_early_statuses` applies it later."""
+    EarlyStatus.insert(
+        twilio_sid=twilio_sid,
+        status=status.value,
+        error_code=error_code,
+        error_message=error_message,
+        received_at=utcnow(),
+    ).execute()
+
+
+def apply_early_statuses(twilio_sid: str | None = None) -> int:
+    """Apply the kept statuses of messages whose SID is now stored (of one SID, or all); how many.
+
+    Rows of SIDs still unknown stay, unless older than EARLY_STATUS_TTL. Never raises: the
+    caller has just sent a message, and the periodic sweep applies whatever is left.
+    """
+    try:
+        query = EarlyStatus.select().order_by(EarlyStatus.id)
+        if twilio_sid is not None:
+            query = query.where(EarlyStatus.twilio_sid == twilio_sid)
+        else:
+            query = query.where(EarlyStatus.twilio_sid.in_(Message.select(Message.twilio_sid)))
+        applied = 0
+        for row in list(query):
+            if not message_exists(row.twilio_sid):
+                continue
+            record_status(
+                row.twilio_sid,
+                MessageStatus(row.status),
+                error_code=row.error_code,
+                error_message=row.error_message,
+            )
+            EarlyStatus.delete().where(EarlyStatus.id == row.id).execute()
+            applied += 1
+        if twilio_sid is None:
+            EarlyStatus.delete().where(EarlyStatus.received_at < utcnow() - EARLY_STATUS_TTL).execute()
+        return applied
+    except Exception:
+        log.warning("could not apply early status callbacks", exc_info=True)
+        return 0
 
 
 def message_exists(twilio_sid: str) -> bool:

@@ -34,7 +34,7 @@ from gateway.conversations.sessions import (
     touch_chat,
 )
 from gateway.logs import mask_number, traffic
-from gateway.queue import enqueue_reply, retry_policy
+from gateway.queue import REDIS_DOWN_ERRORS, RedisOutage, enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
 from gateway.storage.models import (
     Channel,
@@ -55,6 +55,7 @@ from gateway.twilio.statuses import (
     map_twilio_status,
     message_exists,
     opt_out_on_error,
+    record_early_status,
     record_status,
 )
 
@@ -69,6 +70,9 @@ TWIML_MIMETYPE = "text/xml"
 MAX_MEDIA = 10
 # Why a text from a short code or an alphanumeric sender id gets no agent reply.
 NOT_ANSWERABLE = "Not answered: replies go to phone numbers and WhatsApp addresses only."
+# This process's view of Redis: a webhook arriving during an outage is recorded and answered
+# at once, its reply queued by the sweep when Redis is back (two log lines per outage).
+WEB_REDIS = RedisOutage("web", log)
 # Chat.end_reason of a chat the person ended by opting out (STOP).
 OPT_OUT_END_REASON = "opt_out"
 
@@ -269,6 +273,10 @@ def queue_reply(recorded: Recorded) -> None:
     if queue is None:
         log.error("twilio sms: no Redis configured; message %s waits for the sweep", recorded.message_id)
         return
+    if not WEB_REDIS.should_try():
+        # Redis is down (logged once): don't make Twilio wait on it; the sweep queues the reply.
+        log.info("twilio sms: message %s waits for Redis; the sweep queues its reply", recorded.message_id)
+        return
     try:
         enqueue_reply(
             queue,
@@ -277,6 +285,10 @@ def queue_reply(recorded: Recorded) -> None:
             retry=retry_policy(recorded.retry_attempts, recorded.retry_delay),
             check_existing=False,
         )
+        WEB_REDIS.ok()
+    except REDIS_DOWN_ERRORS as exc:
+        WEB_REDIS.failed(exc)
+        log.info("twilio sms: message %s waits for Redis; the sweep queues its reply", recorded.message_id)
     except RedisError as exc:
         log.error(
             "twilio sms: could not queue the reply to message %s (%s); it stays pending for the sweep",
@@ -370,8 +382,10 @@ def status_callback() -> Response:
     elif record_status(sid, status, error_code=error_code, error_message=error_message):
         emit_status_event(sid, status.value, error_code, error_message)
     elif not message_exists(sid):
-        # 200 all the same: an error status makes Twilio retry a callback we can never place.
-        log.warning("twilio status: no message has sid %s (status %s)", sid, twilio_status)
+        # Most likely the worker has not stored the SID of a part it just sent: keep the status
+        # and apply it once the SID is stored. 200 all the same (an error makes Twilio retry).
+        log.info("twilio status: no message has sid %s yet; %s kept for when it does", sid, twilio_status)
+        record_early_status(sid, status, error_code=error_code, error_message=error_message)
     if error_code == UNSUBSCRIBED_RECIPIENT:
         our, theirs = _outbound_numbers(sid, callback_from, callback_to)
         opt_out_on_error(error_code, our, theirs)

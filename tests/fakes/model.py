@@ -6,6 +6,7 @@ Serves POST /v1/chat/completions (no streaming: ``stream: true`` gets a 400) and
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -96,6 +97,12 @@ class FakeModel(LoopbackServer):
         self._queued: deque[str] = deque()
         self._failures: deque[_Failure] = deque()
         self._cond = threading.Condition()
+        # Random faults (fault tests): this share of requests fails with a 5xx, or hangs for
+        # `fault_hang` seconds (past the client's timeout) before a 504.
+        self.fault_rate = 0.0
+        self.fault_hang = 2.0
+        self.faults_injected = 0
+        self._rng = random.Random(8)
 
     # --- scripting -------------------------------------------------------------------------------
 
@@ -133,6 +140,7 @@ class FakeModel(LoopbackServer):
             self._queued.clear()
             self._failures.clear()
             self.max_in_flight = self.in_flight
+            self.fault_rate = 0.0
 
     # --- inspection ------------------------------------------------------------------------------
 
@@ -182,10 +190,29 @@ class FakeModel(LoopbackServer):
             with self._cond:
                 self.in_flight -= 1
 
+    def inject_faults(self, rate: float, hang: float = 2.0, seed: int = 8) -> None:
+        """Fail this share of requests at random: 500/502/503, or a hang of `hang` s (a timeout)."""
+        with self._cond:
+            self.fault_rate, self.fault_hang, self._rng = rate, hang, random.Random(seed)
+
+    def _random_fault(self) -> Response | None:
+        with self._cond:
+            if self.fault_rate <= 0 or self._rng.random() >= self.fault_rate:
+                return None
+            self.faults_injected += 1
+            kind = self._rng.choice((500, 502, 503, "hang"))
+        if kind == "hang":
+            self.sleep(self.fault_hang)
+            kind = 504
+        return Response.json(kind, error_body(kind))
+
     def _answer(self, body: dict[str, Any]) -> Response:
         failure = self._take_failure()
         if failure is not None:
             return Response(failure.status, failure.body, failure.content_type)
+        fault = self._random_fault()
+        if fault is not None:
+            return fault
         if body.get("stream"):
             return Response.json(400, error_body(400, "This fake does not support stream=true."))
         if not isinstance(body.get("messages"), list) or not body["messages"]:

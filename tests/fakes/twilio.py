@@ -4,6 +4,7 @@ Point the real client at it: ``client = twilio.rest.Client(sid, token); client.a
 
 Served (all behind HTTP basic auth with the account SID and auth token, like Twilio):
 - POST /2010-04-01/Accounts/{AC}/Messages.json            send; 201 + Message resource
+- GET  /2010-04-01/Accounts/{AC}/Messages.json            list accepted messages (To, From filters)
 - GET  /2010-04-01/Accounts/{AC}/Messages/{SM}.json       fetch a message this fake accepted
 - GET  /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers.json list (PhoneNumber, FriendlyName, PageSize, Page)
 - GET/POST /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers/{PN}.json  fetch / update
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+import random
 import re
 import threading
 import time
@@ -128,6 +130,10 @@ class FakeTwilio(LoopbackServer):
         self.typing: list[dict[str, Any]] = []
         self.typing_failure: int | None = None  # answer this HTTP status (Twilio's error JSON)
         self.typing_latency: float = 0.0  # seconds slept before answering a typing indicator
+        # Random faults (fault tests): this share of sends fails with 429 or a 5xx.
+        self.fault_rate = 0.0
+        self.faults_injected = 0
+        self._rng = random.Random(9)
 
     # --- scripting -------------------------------------------------------------------------------
 
@@ -151,6 +157,11 @@ class FakeTwilio(LoopbackServer):
         msg = message or ERROR_MESSAGES.get(code, f"Error {code}")
         with self._cond:
             self._fail_to[number] = _Failure(code, status, msg, times=-1)
+
+    def inject_faults(self, rate: float, seed: int = 9) -> None:
+        """Fail this share of sends at random with 429, 500 or 503 (nothing is sent)."""
+        with self._cond:
+            self.fault_rate, self._rng = rate, random.Random(seed)
 
     def stop_failing_to(self, number: str) -> None:
         """Let sends to `number` succeed again."""
@@ -276,6 +287,7 @@ class FakeTwilio(LoopbackServer):
             self._failures.clear()
             self._fail_to.clear()
             self.latency = 0.0
+            self.fault_rate = 0.0
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -296,7 +308,7 @@ class FakeTwilio(LoopbackServer):
             return self._error(403, 20003, "Authenticate")
         rest = m[2]
         routes = (
-            (r"/Messages\.json", {"POST": self._create_message}),
+            (r"/Messages\.json", {"POST": self._create_message, "GET": self._list_messages}),
             (r"/Messages/(SM\w+|MM\w+)\.json", {"GET": self._fetch_message}),
             (r"/Messages/(\w+)/Media/(ME\w+?)(\.json)?", {"GET": self._fetch_media}),
             (r"/IncomingPhoneNumbers\.json", {"GET": self._list_numbers}),
@@ -347,6 +359,10 @@ class FakeTwilio(LoopbackServer):
                 if failure.times <= 0:
                     self._failures.pop(0)
                 return failure
+            if self.fault_rate > 0 and self._rng.random() < self.fault_rate:
+                self.faults_injected += 1
+                status = self._rng.choice((429, 500, 503))
+                return _Failure(STATUS_CODES[status], status, ERROR_MESSAGES[STATUS_CODES[status]])
         return None
 
     def _create_message(self, request: Request) -> Response:
@@ -425,6 +441,30 @@ class FakeTwilio(LoopbackServer):
         if record["Body"] and len(record["Body"]) > 1600:
             return fail(21617)
         return None
+
+    def _list_messages(self, request: Request) -> Response:
+        """Messages this fake accepted, newest first, filtered by To/From (one page, Twilio's shape)."""
+        q = {k: v[0] for k, v in request.query.items()}
+        with self._cond:
+            found = [
+                r
+                for r in reversed(self._resources.values())
+                if (not q.get("To") or r["to"] == q["To"]) and (not q.get("From") or r["from"] == q["From"])
+            ]
+        page_size = max(1, min(int(q.get("PageSize") or 50), 1000))
+        base = f"{API}/Accounts/{self.account_sid}/Messages.json"
+        payload = {
+            "messages": found[:page_size],
+            "end": max(min(len(found), page_size) - 1, 0),
+            "first_page_uri": f"{base}?PageSize={page_size}&Page=0",
+            "next_page_uri": None,
+            "page": 0,
+            "page_size": page_size,
+            "previous_page_uri": None,
+            "start": 0,
+            "uri": f"{base}?PageSize={page_size}&Page=0",
+        }
+        return Response.json(200, payload)
 
     def _fetch_message(self, request: Request, sid: str) -> Response:
         with self._cond:
