@@ -264,3 +264,30 @@ def test_agent_edit_shows_the_api_validation_message(page, stack):
     page.click("form.agent-form button[type=submit]")
     expect(page.locator(".flash")).to_contain_text("Saved")
     expect(page.locator("input[name=temperature]")).to_have_value("0.4")
+
+
+def test_numbers_page_configures_twilio_and_contacts_show_opt_outs(page, stack):
+    """Configure on Twilio points a number's webhook here and says what changed; contacts list STOPs."""
+    number = "+1415555" + str(uuid.uuid4().int % 10_000).zfill(4)
+    stack.twilio.add_number(number, sms_url="https://old.example/sms")
+    from gateway.storage import db
+    from gateway.storage.models import PhoneNumber
+
+    db.init_database(stack.settings.database_url, pool_size=2)
+    with db.database.connection_context():
+        PhoneNumber.insert(phone_number=number).on_conflict_ignore().execute()
+    sign_in(page)
+    page.goto("/console/numbers")
+    card = page.locator(f"section.number[data-number='{number}']").first
+    expect(card).to_contain_text("https://old.example/sms")
+    card.locator("button:has-text('Configure on Twilio')").click()
+    changed = f"sms_url: https://old.example/sms → {stack.url}/twilio/sms"
+    expect(page.locator(".flash")).to_contain_text(changed)
+    expect(page.locator(f"section.number[data-number='{number}']").first).to_contain_text("points here")
+    stack.shots.take(page, "numbers")
+
+    them = person()
+    stack.text_in(them, "STOP")
+    page.goto(f"/console/contacts?q={urllib.parse.quote(them)}")
+    expect(page.locator("table")).to_contain_text("opted out")
+    stack.shots.take(page, "contacts")
