@@ -60,7 +60,10 @@ def test_front_page_links_to_the_console(client):
 
 def test_anonymous_visitors_see_nothing(client, sms_chat):
     """Every console page redirects to the sign-in form; JSON and actions answer 401, no data."""
-    for path in ("/console/chats", f"/console/chats/{sms_chat.chat_id}", "/console/"):
+    pages = ("/console/", "/console/chats", f"/console/chats/{sms_chat.chat_id}", "/console/agents",
+             "/console/agents/agent_default", "/console/numbers", "/console/outbound", "/console/contacts",
+             f"/console/chats/{sms_chat.chat_id}/media/1/0")  # fmt: skip
+    for path in pages:
         response = client.get(path)
         assert response.status_code == 302 and "/console/sign-in" in response.headers["Location"]
     live = client.get(f"/console/chats/{sms_chat.chat_id}/live.json")
