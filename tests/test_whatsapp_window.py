@@ -61,7 +61,7 @@ def test_free_form_inside_the_window_is_sent_on_whatsapp(client, settings, fake_
     assert (sent["From"], sent["To"], sent["Body"]) == (
         WHATSAPP_OUR,
         WHATSAPP_PERSON,
-        "Your order is ready for pickup.",
+        "Your order is ready for pickup.\nReply STOP to opt out.",  # the first text we start to them
     )
 
 
