@@ -18,7 +18,7 @@ from gateway.agent.analysis import schedule_analysis
 from gateway.agent.text import split_sms
 from gateway.config import Settings
 from gateway.conversations.replies import SmsTarget, record_part_failure, send_parts
-from gateway.conversations.sessions import end_chat
+from gateway.conversations.sessions import end_chat, has_opted_out
 from gateway.errors import PermanentError
 from gateway.queue import enqueue_operator_parts
 from gateway.storage.db import database, write_transaction
@@ -26,7 +26,6 @@ from gateway.storage.models import (
     Chat,
     ChatStatus,
     ChatType,
-    Contact,
     Message,
     MessageKind,
     MessageStatus,
@@ -102,7 +101,7 @@ def send_operator_message(chat_id: str, text: str, queue: Queue | None) -> list[
         raise OperatorRefused(
             409, "not_held", "Take the chat over first, so the agent and you do not both answer."
         )
-    if _opted_out(chat.from_number, chat.to_number):
+    if has_opted_out(chat.from_number, chat.to_number):
         raise OperatorRefused(
             409,
             "opted_out",
@@ -137,16 +136,6 @@ def send_operator_message(chat_id: str, text: str, queue: Queue | None) -> list[
     return list(Message.select().where(Message.id.in_(ids)).order_by(Message.id))
 
 
-def _opted_out(our_number: str, their_number: str) -> bool:
-    """True when the person opted out of texts from our number."""
-    return (
-        Contact.select(Contact.opted_out)
-        .where((Contact.our_number == our_number) & (Contact.phone_number == their_number))
-        .scalar()
-        is True
-    )
-
-
 def send_operator_parts(settings: Settings, chat_id: str) -> int:
     """Send the chat's operator parts that have no Twilio SID yet, in order; return how many were sent."""
     with database.connection_context():
@@ -163,7 +152,7 @@ def send_operator_parts(settings: Settings, chat_id: str) -> int:
             )
             .order_by(Message.id)
         )
-        opted_out = _opted_out(chat.from_number, chat.to_number)
+        opted_out = has_opted_out(chat.from_number, chat.to_number)
     if opted_out:
         record_part_failure(
             [p.id for p in parts],

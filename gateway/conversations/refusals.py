@@ -14,11 +14,11 @@ import logging
 
 from gateway.agent.spend import Refusal, notice_text
 from gateway.config import Settings
+from gateway.conversations.sessions import has_opted_out
 from gateway.errors import GatewayError
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
     Agent,
-    Contact,
     Message,
     MessageKind,
     MessageStatus,
@@ -55,11 +55,7 @@ def refuse_reply(
             error_message=refusal.reason,
             updated_at=now,
         ).where(Message.id.in_(message_ids) & (Message.reply_state == ReplyState.PENDING.value)).execute()
-        opted_out = (
-            Contact.select(Contact.opted_out)
-            .where((Contact.our_number == our_number) & (Contact.phone_number == their_number))
-            .scalar()
-        )
+        opted_out = has_opted_out(our_number, their_number)
         if text and not opted_out:
             notice_id = Message.insert(
                 chat=chat_id,

@@ -42,6 +42,7 @@ from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
 from gateway.config import Settings
 from gateway.conversations.refusals import refuse_reply
+from gateway.conversations.sessions import has_opted_out
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
 from gateway.logs import mask_number, traffic
 from gateway.processes import attempt_token, claim_is_abandoned
@@ -631,12 +632,7 @@ def _may_send_free_form(target: SmsTarget) -> bool:
 
 def _opted_out(target: SmsTarget) -> bool:
     """True when the person opted out of texts from this number."""
-    return (
-        Contact.select(Contact.opted_out)
-        .where((Contact.our_number == target.our_number) & (Contact.phone_number == target.their_number))
-        .scalar()
-        is True
-    )
+    return has_opted_out(target.our_number, target.their_number)
 
 
 def _mark_opted_out(target: SmsTarget) -> None:

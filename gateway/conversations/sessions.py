@@ -189,6 +189,12 @@ def _find_contact(our_number: str, their_number: str) -> tuple[int, bool] | None
     )
 
 
+def has_opted_out(our_number: str, their_number: str) -> bool:
+    """True when the person opted out of texts from our number (no contact row: not opted out)."""
+    row = _find_contact(our_number, their_number)
+    return row is not None and bool(row[1])
+
+
 def contact_state(our_number: str, their_number: str) -> ContactState:
     """The contact row of a person texting our number, created race-safely on first contact."""
     row = _find_contact(our_number, their_number)
