@@ -782,10 +782,12 @@ def noop() -> None:
 def _simpleworker_main(redis_url: str, queue: str) -> None:
     """RQ's non-forking SimpleWorker on one queue, until SIGTERM."""
     from redis import Redis
-    from rq import Queue, SimpleWorker
+    from rq import SimpleWorker
+
+    from gateway.queue import JobSerializer, job_queue
 
     connection = Redis.from_url(redis_url)
-    SimpleWorker([Queue(queue, connection=connection)], connection=connection).work(
+    SimpleWorker([job_queue(queue, connection)], connection=connection, serializer=JobSerializer).work(
         with_scheduler=False, logging_level="WARNING"
     )
 
@@ -795,7 +797,8 @@ def rq_noop_round_trips(
 ) -> list[float]:
     """Seconds from enqueue to result for `n` no-op jobs, one at a time, through a SimpleWorker process."""
     from redis import Redis
-    from rq import Queue
+
+    from gateway.queue import job_queue
 
     queue_name = "bench-noop"
     proc = bench.children.start(
@@ -804,7 +807,7 @@ def rq_noop_round_trips(
         child_env(),
     )
     connection = Redis.from_url(redis_url)
-    queue = Queue(queue_name, connection=connection)
+    queue = job_queue(queue_name, connection)
     deadline = time.monotonic() + timeout
     samples: list[float] = []
     try:

@@ -226,12 +226,14 @@ def run_jobs(
 ):
     """Start worker processes, wait till they are up (idle memory), enqueue n jobs, wait, measure."""
     from redis import Redis
-    from rq import Queue, Worker
+    from rq import Worker
     from rq.job import Job
     from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
+    from gateway.queue import JobSerializer, job_queue
+
     conn = Redis.from_url(redis_url)
-    queue = Queue(queue_name, connection=conn)
+    queue = job_queue(queue_name, conn)
     procs = []
     try:
         for i, command in enumerate(commands):
@@ -269,7 +271,7 @@ def run_jobs(
             p.send_signal(signal.SIGTERM)
         for p, _ in procs:
             p.wait(timeout=30)
-        jobs = Job.fetch_many(ids, connection=conn)
+        jobs = Job.fetch_many(ids, connection=conn, serializer=JobSerializer)
         return {
             "cpu_per_job": cpu / n,
             "idle_rss": idle_rss,
@@ -350,8 +352,9 @@ def main() -> None:
         ]
         fork_code = (
             "import sys; from bench.worker_memory import preload; preload(); "
-            "from redis import Redis; from rq import Worker; "
-            "Worker([sys.argv[2]], connection=Redis.from_url(sys.argv[1])).work(logging_level='WARNING')"
+            "from redis import Redis; from rq import Worker; from gateway.queue import JobSerializer; "
+            "Worker([sys.argv[2]], connection=Redis.from_url(sys.argv[1]), serializer=JobSerializer)"
+            ".work(logging_level='WARNING')"
         )
         fork_cmd = [py, "-c", fork_code, redis_url, "bench-forks"]
 

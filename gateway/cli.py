@@ -196,10 +196,8 @@ def contacts_export(phone_number: str, output: str | None) -> None:
 def contacts_erase(phone_number: str, yes: bool) -> None:
     """Delete everything stored about PHONE_NUMBER: chats, messages, media references, profile,
     opt-out state, idempotency keys and queued jobs."""
-    from rq import Queue
-
     from gateway.conversations.contacts import erase_person
-    from gateway.queue import connect_redis, queue_name
+    from gateway.queue import connect_redis, job_queue, queue_name
 
     phone = _person(phone_number)
     settings = _settings()
@@ -208,7 +206,7 @@ def contacts_erase(phone_number: str, yes: bool) -> None:
     _open_database(settings)
     queue = None
     if settings.redis_url:
-        queue = Queue(queue_name(settings), connection=connect_redis(settings.redis_url))
+        queue = job_queue(queue_name(settings), connection=connect_redis(settings.redis_url))
     else:
         click.echo("REDIS_URL is not set: no queued jobs were looked for", err=True)
     counts = erase_person(phone, queue)

@@ -249,10 +249,9 @@ class Supervisor:
 
 def settled(settings: Settings, connection) -> bool:
     """True when nothing more will be sent: no text waits for a reply, no reply job is queued or running."""
-    from rq import Queue
     from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-    from gateway.queue import queue_name
+    from gateway.queue import job_queue, queue_name
     from gateway.storage.db import database
     from gateway.storage.models import Message, ReplyState, Role
 
@@ -274,7 +273,7 @@ def settled(settings: Settings, connection) -> bool:
     if pending or unsent:
         return False
     name = queue_name(settings)
-    queue = Queue(name, connection=connection)
+    queue = job_queue(name, connection)
     live = (
         queue.get_job_ids()
         + StartedJobRegistry(name, connection=connection).get_job_ids(cleanup=False)

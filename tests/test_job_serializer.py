@@ -11,7 +11,8 @@ import pytest
 from rq import Queue
 from rq.job import JobStatus
 
-from gateway.queue import JobSerializer, fetch_job, queue_name, reply_job_id
+from gateway.agent.memory import profile_job_id
+from gateway.queue import JobSerializer, fetch_job, job_queue, queue_name, reply_job_id
 from gateway.storage.models import Message
 from tests.conftest import post_twilio, wait_for
 from tests.payloads import inbound_sms
@@ -71,3 +72,88 @@ def test_worker_skips_a_planted_pickle_and_runs_the_rest(settings, redis_conn, w
         message="the legacy job finished",
     )
     assert fresh.id and worker.proc is not None and worker.proc.poll() is None
+
+
+def test_the_pool_entry_point_fails_planted_pickles_and_keeps_working(redis_server, redis_conn, tmp_path):
+    """`python -m workers.pool` reads jobs as JSON: a pickled job planted in its queue and one planted
+    in the scheduled registry fail with the refusal as their reason, a plain job with a pickled `meta`
+    runs with that meta left unread; no payload runs, and the worker goes on to the next job."""
+    from datetime import timedelta
+
+    from tests.test_worker_pool import PoolProcess
+
+    markers = [tmp_path / f"owned-{i}" for i in range(3)]
+    name = f"pool-{tmp_path.name[-12:]}"
+    old_style = Queue(name, connection=redis_conn)  # RQ's default: pickle
+    planted = [
+        old_style.enqueue("tests.jobs_for_tests.tick", Planted(str(markers[0]))),
+        old_style.enqueue_in(timedelta(seconds=1), "tests.jobs_for_tests.tick", Planted(str(markers[1]))),
+    ]
+    meta_planted = old_style.enqueue(
+        "tests.jobs_for_tests.tick", "meta-ran", meta={"x": Planted(str(markers[2]))}
+    )
+    worker = PoolProcess(redis_server.url, name, tmp_path / "pool.log", concurrency=2)
+    try:
+        wait_for(
+            lambda: all(fetch_job(job.id, redis_conn).get_status() == JobStatus.FAILED for job in planted),
+            message="every planted job failed",
+        )
+        for job in planted:
+            reason = fetch_job(job.id, redis_conn).latest_result().exc_string
+            assert "refused to load io.open from a pickled job" in reason, reason
+        wait_for(
+            lambda: fetch_job(meta_planted.id, redis_conn).get_status() == JobStatus.FINISHED,
+            message="the plain job with a planted meta finished",
+        )
+        fresh = job_queue(name, redis_conn).enqueue("tests.jobs_for_tests.tick", "fresh-ran")
+        wait_for(
+            lambda: fetch_job(fresh.id, redis_conn).get_status() == JobStatus.FINISHED, message="fresh job"
+        )
+        assert worker.proc.poll() is None, worker.log()
+        assert not any(marker.exists() for marker in markers)
+    finally:
+        worker.stop()
+
+
+def test_erasing_a_person_never_unpickles_their_queued_jobs(client, settings, redis_conn, tmp_path):
+    """`smsgw contacts erase` and DELETE /v1/contacts/{n} fetch the person's jobs as JSON: a job
+    planted with a pickled `meta` (RQ unpickles meta as it fetches) is deleted, its payload never runs."""
+    from tests.payloads import PERSON
+    from tests.test_contacts import AUTH, cli
+
+    for how in ("cli", "api"):
+        marker = tmp_path / f"owned-{how}"
+        old_style = Queue(queue_name(settings), connection=redis_conn)
+        planted = old_style.enqueue(
+            "tests.jobs_for_tests.tick",
+            "x",
+            job_id=profile_job_id(f"phone:{PERSON}"),
+            meta={"x": Planted(str(marker))},
+        )
+        if how == "cli":
+            assert "1 jobs" in cli(settings, "contacts", "erase", "--yes", PERSON).stdout
+        else:
+            response = client.delete(f"/v1/contacts/{PERSON}", headers=AUTH)
+            assert response.status_code == 200, response.get_json()
+        assert not marker.exists()
+        assert not redis_conn.exists(planted.key)
+
+
+RQ_READERS = {"Queue", "Job.fetch", "Job.fetch_many", "Worker", "SimpleWorker", "ThreadPoolWorker"}
+
+
+def test_every_queue_and_job_the_code_builds_names_the_json_serializer():
+    """Every RQ Queue, Job.fetch and worker built in gateway/, workers/ and bench/ passes `serializer=`:
+    RQ's default is pickle, so one forgotten argument would make Redis a code path again."""
+    import ast
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    missing = []
+    for path in [*root.glob("gateway/**/*.py"), *root.glob("workers/*.py"), *root.glob("bench/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name in RQ_READERS and not any(k.arg == "serializer" for k in node.keywords):
+                missing.append(f"{path.relative_to(root)}:{node.lineno} {name}(...)")
+    assert not missing, "RQ objects built without the JSON serializer:\n" + "\n".join(missing)

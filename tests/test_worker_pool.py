@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from rq import Queue, Retry
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
+from gateway.queue import fetch_job, job_queue
 from tests.conftest import ROOT, wait_for
 from workers.pool import ThreadPoolWorker
 
@@ -68,7 +69,7 @@ class PoolProcess:
 @pytest.fixture
 def queue(redis_conn) -> Queue:
     """A fresh queue on the test Redis."""
-    return Queue(f"pool-{uuid.uuid4().hex[:8]}", connection=redis_conn)
+    return job_queue(f"pool-{uuid.uuid4().hex[:8]}", redis_conn)
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def test_jobs_run_at_once_in_threads_and_rq_sees_them(redis_conn, queue, start_w
     finished = FinishedJobRegistry(queue=queue)
     wait_for(lambda: len(finished) == n, message="all jobs finished")
     elapsed = time.monotonic() - began
-    assert [Job.fetch(j.id, connection=redis_conn).return_value() for j in jobs] == list(range(n))
+    assert [fetch_job(j.id, redis_conn).return_value() for j in jobs] == list(range(n))
     # Every run overlapped every other: they ran at the same time, in different threads.
     runs = records(redis_conn, "runs")
     assert max(r["start"] for r in runs) < min(r["end"] for r in runs)
@@ -131,9 +132,7 @@ def test_heartbeats_keep_a_long_job_in_started_registry(redis_conn, queue, start
     [(member, first)] = redis_conn.zrange(registry.key, 0, -1, withscores=True)
     assert first <= time.time() + 90 + 1  # the forking Worker's TTL rule: min(timeout, 30 s) + 60 s
     wait_for(lambda: redis_conn.zscore(registry.key, member) > first, timeout=10, message="heartbeat")
-    wait_for(
-        lambda: Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED, message="done"
-    )
+    wait_for(lambda: fetch_job(job.id, redis_conn).get_status() == JobStatus.FINISHED, message="done")
     assert redis_conn.zscore(registry.key, member) is None
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
@@ -148,13 +147,9 @@ def test_stop_job_command_stops_only_that_job(redis_conn, queue, start_worker):
     worker = start_worker(concurrency=4)
     wait_for(lambda: redis_conn.llen("stop:started") == 2, message="jobs started")
     send_stop_job_command(redis_conn, doomed.id)
-    wait_for(
-        lambda: Job.fetch(doomed.id, connection=redis_conn).get_status() == JobStatus.STOPPED, message="stop"
-    )
+    wait_for(lambda: fetch_job(doomed.id, redis_conn).get_status() == JobStatus.STOPPED, message="stop")
     assert doomed.id in FailedJobRegistry(queue=queue)
-    wait_for(
-        lambda: Job.fetch(other.id, connection=redis_conn).return_value() == "kept", message="other done"
-    )
+    wait_for(lambda: fetch_job(other.id, redis_conn).return_value() == "kept", message="other done")
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0
 
@@ -169,15 +164,15 @@ def test_failures_and_timeouts_land_in_failed_registry(redis_conn, queue, start_
 
     failed = FailedJobRegistry(queue=queue)
     assert set(failed.get_job_ids()) == {bad.id, slow.id}
-    bad_result = Job.fetch(bad.id, connection=redis_conn).latest_result()
+    bad_result = fetch_job(bad.id, redis_conn).latest_result()
     assert "Traceback" in bad_result.exc_string
     assert "ValueError: the model said no" in bad_result.exc_string
-    slow_job = Job.fetch(slow.id, connection=redis_conn)
+    slow_job = fetch_job(slow.id, redis_conn)
     assert slow_job.get_status() == JobStatus.FAILED
     assert "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in (
         slow_job.latest_result().exc_string
     )
-    assert Job.fetch(good.id, connection=redis_conn).return_value() == "fine"
+    assert fetch_job(good.id, redis_conn).return_value() == "fine"
     assert len(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)) == 0
 
 
@@ -188,11 +183,11 @@ def test_retry_with_interval_goes_through_the_scheduler(redis_conn, queue, start
     )
     worker = start_worker(concurrency=2)
     wait_for(
-        lambda: Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED,
+        lambda: fetch_job(job.id, redis_conn).get_status() == JobStatus.FINISHED,
         timeout=30,
         message="retried job finishes",
     )
-    job = Job.fetch(job.id, connection=redis_conn)
+    job = fetch_job(job.id, redis_conn)
     assert job.return_value() == "third time lucky"
     assert int(redis_conn.get("attempts")) == 3
     assert job.retries_left == 1
@@ -221,9 +216,7 @@ def test_rate_limit_runs_one_key_in_order_and_other_keys_in_parallel(redis_conn,
         queue.enqueue(f"{JOBS}.sleep_then_return", 1.0, k, "others", rate_limit=RateLimit(f"chat:{k}", 1))
         for k in ("b", "c", "d", "e")
     ]
-    assert [Job.fetch(j.id, connection=redis_conn).get_status() for j in chat[1:]] == [
-        JobStatus.RATE_LIMITED
-    ] * 4
+    assert [fetch_job(j.id, redis_conn).get_status() for j in chat[1:]] == [JobStatus.RATE_LIMITED] * 4
     worker = start_worker(concurrency=10, burst=True)
     assert worker.wait(timeout=40) == 0
 
@@ -237,9 +230,7 @@ def test_rate_limit_runs_one_key_in_order_and_other_keys_in_parallel(redis_conn,
     # The other chats ran while chat a's queue was still being worked through.
     assert min(r["end"] for r in other_runs) > runs[0]["start"]
     assert len(FinishedJobRegistry(queue=queue)) == 9
-    assert all(
-        Job.fetch(j.id, connection=redis_conn).get_status() == JobStatus.FINISHED for j in chat + others
-    )
+    assert all(fetch_job(j.id, redis_conn).get_status() == JobStatus.FINISHED for j in chat + others)
 
 
 def test_warm_shutdown_lets_the_job_in_flight_finish(redis_conn, queue, start_worker):
@@ -252,8 +243,8 @@ def test_warm_shutdown_lets_the_job_in_flight_finish(redis_conn, queue, start_wo
     wait_for(lambda: seen.shutdown_requested_date is not None, message="worker acknowledges the shutdown")
     later = queue.enqueue(f"{JOBS}.sleep_then_return", 0, "too late")
     assert worker.wait() == 0
-    assert Job.fetch(job.id, connection=redis_conn).return_value() == "done anyway"
-    assert Job.fetch(later.id, connection=redis_conn).get_status() == JobStatus.QUEUED
+    assert fetch_job(job.id, redis_conn).return_value() == "done anyway"
+    assert fetch_job(later.id, redis_conn).get_status() == JobStatus.QUEUED
     assert ThreadPoolWorker.all(connection=redis_conn) == []
 
 
@@ -267,10 +258,10 @@ def test_second_signal_interrupts_jobs_and_records_them(redis_conn, queue, start
     time.sleep(1.2)  # RQ ignores a second signal within 1 s of the first
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0
-    plain = Job.fetch(plain.id, connection=redis_conn)
+    plain = fetch_job(plain.id, redis_conn)
     assert plain.get_status() == JobStatus.FAILED
     assert "ColdShutdownError" in plain.latest_result().exc_string
-    retried = Job.fetch(retried.id, connection=redis_conn)
+    retried = fetch_job(retried.id, redis_conn)
     assert retried.get_status() == JobStatus.QUEUED
     assert retried.retries_left == 0
     assert len(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)) == 0
@@ -291,7 +282,7 @@ def test_sigkill_leaves_jobs_that_rq_cleanup_retries_or_fails(redis_conn, queue,
         lambda: (
             len(registry.get_job_ids(cleanup=False)) == 2
             and all(
-                Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.STARTED
+                fetch_job(job.id, redis_conn).get_status() == JobStatus.STARTED
                 for job in (with_retry, no_retry)
             )
         ),
@@ -302,18 +293,18 @@ def test_sigkill_leaves_jobs_that_rq_cleanup_retries_or_fails(redis_conn, queue,
 
     # Nothing was recorded: the jobs look like they are still running...
     for job_id in (with_retry.id, no_retry.id):
-        assert Job.fetch(job_id, connection=redis_conn).get_status() == JobStatus.STARTED
-    assert Job.fetch(behind.id, connection=redis_conn).get_status() == JobStatus.RATE_LIMITED
+        assert fetch_job(job_id, redis_conn).get_status() == JobStatus.STARTED
+    assert fetch_job(behind.id, redis_conn).get_status() == JobStatus.RATE_LIMITED
     # ...until their execution's heartbeat TTL (<= 90 s) has passed; a live worker's maintenance
     # then runs this cleanup. Passing a later timestamp stands in for the wait.
     registry.cleanup()
     assert len(registry.get_job_ids(cleanup=False)) == 2  # not expired yet: left alone
     registry.cleanup(timestamp=time.time() + 120)
 
-    retried = Job.fetch(with_retry.id, connection=redis_conn)
+    retried = fetch_job(with_retry.id, redis_conn)
     assert retried.get_status() == JobStatus.QUEUED
     assert retried.retries_left == 0
-    failed = Job.fetch(no_retry.id, connection=redis_conn)
+    failed = fetch_job(no_retry.id, redis_conn)
     assert failed.get_status() == JobStatus.FAILED
     assert "AbandonedJobError" in failed.latest_result().exc_string
     assert no_retry.id in FailedJobRegistry(queue=queue)
@@ -321,8 +312,8 @@ def test_sigkill_leaves_jobs_that_rq_cleanup_retries_or_fails(redis_conn, queue,
     # A new worker re-runs the retried job; when it ends, the chat's next job is promoted and runs.
     again = start_worker(concurrency=4, burst=True)
     assert again.wait() == 0
-    assert Job.fetch(with_retry.id, connection=redis_conn).return_value() == "second run"
-    assert Job.fetch(behind.id, connection=redis_conn).return_value() == "next in chat"
+    assert fetch_job(with_retry.id, redis_conn).return_value() == "second run"
+    assert fetch_job(behind.id, redis_conn).return_value() == "next in chat"
 
 
 def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_server, redis_conn, tmp_path):
@@ -330,7 +321,7 @@ def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_
     import sqlite3
 
     from gateway.config import Settings
-    from gateway.queue import fetch_job, job_queue, queue_name
+    from gateway.queue import queue_name
     from tests import jobs_for_tests
     from workers import context
     from workers.runner import run_worker

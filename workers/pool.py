@@ -74,6 +74,7 @@ moves due jobs, the others stand by and try for it every 2 s, taking it at once 
 this machine that is gone. A warm shutdown releases it.
 
 Entry point for tests and the benchmark: `python -m workers.pool --url redis://... --queue NAME`.
+Jobs are read and written as JSON (gateway.queue.JobSerializer), as everywhere in the gateway.
 The gateway's worker is started by `workers.runner.run_worker` (`smsgw worker`).
 """
 
@@ -111,7 +112,7 @@ from rq.worker.base import BaseWorker, DequeueStrategy
 from rq.worker_registration import register as register_worker_key
 
 from gateway.processes import owner_is_dead, owner_token, process_is_alive
-from gateway.queue import REDIS_DOWN_ERRORS, RedisOutage
+from gateway.queue import REDIS_DOWN_ERRORS, JobSerializer, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def take_over_stale_lock(connection: Redis, lock_key: str, token_of: Any = None)
     return bool(deleted)
 
 
-def run_now(connection: Redis, job_id: str, serializer: Any = None) -> bool:
+def run_now(connection: Redis, job_id: str, serializer: Any = JobSerializer) -> bool:
     """If RQ scheduled job `job_id` for later (a retry's backoff), enqueue it now; True if so.
 
     ZREM from the scheduled registry decides between this and a scheduler moving it at the same
@@ -431,6 +432,9 @@ class ThreadPoolWorker(SimpleWorker):
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("concurrency must be an integer of at least 1")
         self.concurrency = concurrency
+        # Jobs are JSON (gateway.queue.JobSerializer) unless told otherwise: RQ's default pickle
+        # would let anyone who can write to Redis run code here.
+        kwargs.setdefault("serializer", JobSerializer)
         super().__init__(queues, name, *args, maintenance_interval=maintenance_interval, **kwargs)
         self.heartbeat_interval = max(
             0.2, min(float(heartbeat_interval), float(self.job_monitoring_interval))
@@ -1023,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         connection=connection,
         concurrency=args.concurrency,
         job_monitoring_interval=args.job_monitoring_interval,
+        serializer=JobSerializer,
     )
     worker.work(burst=args.burst, with_scheduler=not args.no_scheduler, logging_level=args.log_level.upper())
 

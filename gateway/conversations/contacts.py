@@ -165,7 +165,8 @@ def _delete_jobs(queue: Queue | None, job_ids: list[str]) -> int:
     deleted = 0
     for job_id in job_ids:
         try:
-            job = Job.fetch(job_id, connection=queue.connection)
+            # The queue's serializer (JSON): RQ's default would unpickle whatever Redis holds.
+            job = Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer)
         except Exception:  # NoSuchJobError, or a hash that expired
             continue
         job.delete()  # removes it from its queue and every registry too
