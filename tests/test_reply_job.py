@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimitRegistry
 
 from gateway.agent.analysis import analysis_job_id
 from gateway.agent.prompt import build_messages
@@ -337,6 +339,57 @@ def test_sweep_enqueues_messages_without_a_live_job(configured, redis_conn, fake
     run_jobs(configured, redis_conn)
     # The job answered the whole pending burst, the young message included.
     assert fresh(old).reply_state == "answered" and fresh(too_young).reply_state == "answered"
+    assert len(fake_twilio.messages) == 1
+
+
+def test_sweep_frees_a_chat_slot_left_held_by_a_worker_killed_after_its_job_finished(
+    configured, redis_conn, fake_model, fake_twilio
+):
+    """A worker SIGKILLed between recording a job's success and releasing the chat's RateLimit slot
+    leaves the chat's next reply waiting behind a job that will never run again: the sweep frees it."""
+    chat = make_chat()
+    first = inbound(chat, "first", created_at=utcnow() - timedelta(minutes=2))
+    enqueue(configured, redis_conn, first)
+    run_jobs(configured, redis_conn)
+    assert fresh(first).reply_state == "answered"
+    # What the killed worker left: the finished job still holding the chat's only slot.
+    holder = fetch_job(reply_job_id(first.id), redis_conn)
+    assert holder.get_status() == JobStatus.FINISHED
+    registry = RateLimitRegistry.from_job(holder)
+    redis_conn.zadd(registry.allowed_key, {holder.id: time.time()})
+    redis_conn.hset(registry.config_key, "concurrency", 1)
+    redis_conn.sadd(registry.rl_keys_key, registry.key)
+
+    second = inbound(chat, "second", created_at=utcnow() - timedelta(minutes=1))
+    waiting = enqueue(configured, redis_conn, second)
+    assert waiting.get_status() == JobStatus.RATE_LIMITED
+    # Stuck behind the leaked slot: no worker can dequeue it (RQ's own maintenance runs rarely).
+    assert job_queue(queue_name(configured), redis_conn).get_job_ids() == []
+
+    assert jobs.sweep_unanswered() == 0  # its job is live again (queued), not enqueued twice
+    assert fetch_job(reply_job_id(second.id), redis_conn).get_status() == JobStatus.QUEUED
+    run_jobs(configured, redis_conn)
+    assert fresh(second).reply_state == "answered"
+    assert len(fake_twilio.messages) == 2
+
+
+def test_sweep_hands_back_a_started_job_of_a_dead_worker_that_has_no_registry_entry(
+    configured, redis_conn, fake_model, fake_twilio
+):
+    """A job left STARTED by a dead worker, with its StartedJobRegistry entry already gone (a cleanup
+    racing the kill), would look live for ever: the sweep hands it to RQ's retry all the same."""
+    chat = make_chat()
+    message = inbound(chat, "hello", created_at=utcnow() - timedelta(minutes=1))
+    job = enqueue(configured, redis_conn, message)
+    job_queue(queue_name(configured), redis_conn).remove(job.id)
+    job.worker_name = "worker-that-is-gone"  # no registration: dead
+    job.save()
+    job.set_status(JobStatus.STARTED)
+
+    assert jobs.sweep_unanswered() == 0  # handed to RQ's retry (queued again), not enqueued twice
+    assert fetch_job(reply_job_id(message.id), redis_conn).get_status() == JobStatus.QUEUED
+    run_jobs(configured, redis_conn)
+    assert fresh(message).reply_state == "answered"
     assert len(fake_twilio.messages) == 1
 
 

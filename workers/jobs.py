@@ -19,8 +19,7 @@ from redis import Redis
 from rq import Queue, get_current_job
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
-from rq.utils import current_timestamp
+from rq.rate_limit import RateLimitRegistry
 
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
@@ -57,7 +56,7 @@ from gateway.twilio.senders import SenderPaced
 from gateway.twilio.statuses import apply_early_statuses
 from workers import memory_jobs
 from workers.context import get_settings
-from workers.pool import run_now, worker_is_dead
+from workers.pool import expire_abandoned, run_now, worker_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +291,11 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
     except NoSuchJobError:
         return False
     status = job.get_status(refresh=False)
+    if status == JobStatus.RATE_LIMITED and job.rate_limit_key:
+        status = _unblock_rate_limit(job)
     if status == JobStatus.STARTED and worker_is_dead(connection, job.worker_name, dead_workers):
         log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
-        _expire_abandoned(connection, job)
+        expire_abandoned(connection, job, serializer=JobSerializer)
         # RQ may have scheduled the retry after its backoff; the death was no service's fault.
         run_now(connection, job_id, serializer=JobSerializer)
         try:
@@ -311,14 +312,17 @@ def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] |
     return False
 
 
-def _expire_abandoned(connection: Redis, job: Job) -> None:
-    """Let RQ's StartedJobRegistry.cleanup treat the job's executions as expired (abandoned)."""
-    registry = StartedJobRegistry(job.origin, connection=connection, serializer=JobSerializer)
-    prefix = f"{job.id}:".encode()
-    members = [m for m in connection.zrange(registry.key, 0, -1) if m.startswith(prefix)]
-    if members:
-        connection.zadd(registry.key, dict.fromkeys(members, 0), xx=True)
-    registry.cleanup(timestamp=current_timestamp())
+def _unblock_rate_limit(job: Job) -> JobStatus | None:
+    """Free the chat's slot if a finished or failed job still holds it; the waiting job's status then.
+
+    RQ releases a job's RateLimit slot just after the transaction that records its outcome: a
+    worker SIGKILLed between the two leaves the slot held by a job that will never run again, and
+    the chat's next reply waits behind it until RQ's maintenance (every minute or more) frees it.
+    RQ's registry cleanup frees only slots whose job is neither queued nor started (nor still
+    executing), so a live holder keeps its slot.
+    """
+    RateLimitRegistry.from_job(job).cleanup()
+    return job.get_status(refresh=True)
 
 
 def _settings() -> Settings:
