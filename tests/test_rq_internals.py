@@ -29,7 +29,9 @@ IMPORTED = [
     ("rq.job", "Job"),
     ("rq.job", "JobStatus"),
     ("rq.queue", "Queue"),
+    ("rq.rate_limit", "RateLimitRegistry"),  # workers/jobs.py, freeing a chat's leaked slot
     ("rq.registry", "StartedJobRegistry"),
+    ("rq.registry", "clean_registries"),
     ("rq.scheduler", "RQScheduler"),
     ("rq.scripts", "release_lock"),
     ("rq.timeouts", "BaseDeathPenalty"),
@@ -40,6 +42,7 @@ IMPORTED = [
     ("rq.worker", "SimpleWorker"),
     ("rq.worker", "Worker"),
     ("rq.worker", "WorkerStatus"),
+    ("rq.worker_registration", "clean_worker_registry"),
     ("rq.worker_registration", "register"),
     ("rq.worker.base", "BaseWorker"),
     ("rq.worker.base", "DequeueStrategy"),
@@ -62,10 +65,13 @@ CLASS_ATTRIBUTES = {
         "death_penalty_class", "queue_class", "job_class", "log_job_description",
     ],
     "rq.worker.base.BaseWorker": ["get_heartbeat_ttl"],
-    "rq.queue.Queue": ["dequeue_any", "enqueue_job", "fetch_job", "intermediate_queue"],
-    "rq.intermediate_queue.IntermediateQueue": ["get_job_ids", "remove"],
+    "rq.queue.Queue": [
+        "dequeue_any", "enqueue_job", "fetch_job", "intermediate_queue", "registry_cleaning_key",
+    ],
+    "rq.intermediate_queue.IntermediateQueue": ["get_job_ids", "remove", "cleanup"],
     "rq.job.Job": ["heartbeat", "retry", "started_job_registry", "key", "key_for", "fetch", "get_status"],
     "rq.registry.StartedJobRegistry": ["cleanup"],
+    "rq.rate_limit.RateLimitRegistry": ["from_job", "cleanup"],
     "rq.executions.Execution": ["heartbeat"],
     "rq.scheduler.RQScheduler": [
         "Status", "work", "_install_signal_handlers", "acquire_locks", "release_locks",

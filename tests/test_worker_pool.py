@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from rq import Queue, Retry
 from rq.job import JobStatus
-from rq.rate_limit import RateLimit
+from rq.rate_limit import RateLimit, RateLimitRegistry
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from gateway.queue import fetch_job, job_queue
@@ -314,6 +315,31 @@ def test_sigkill_leaves_jobs_that_rq_cleanup_retries_or_fails(redis_conn, queue,
     assert again.wait() == 0
     assert fetch_job(with_retry.id, redis_conn).return_value() == "second run"
     assert fetch_job(behind.id, redis_conn).return_value() == "next in chat"
+
+
+def test_a_cleaning_lock_left_by_a_killed_worker_is_taken_over_and_frees_a_leaked_slot(
+    redis_conn, queue, start_worker
+):
+    """A worker SIGKILLed while cleaning RQ's registries leaves its lock (RQ's lasts 15 minutes), and
+    one killed just after a job's success left that job holding its chat's RateLimit slot: the next
+    worker takes the lock over at once, and its cleaning frees the slot so the chat's next job runs."""
+    first = queue.enqueue(f"{JOBS}.sleep_then_return", 0, "first", rate_limit=RateLimit("chat:m", 1))
+    assert start_worker(burst=True).wait() == 0
+    assert fetch_job(first.id, redis_conn).get_status() == JobStatus.FINISHED
+    slots = RateLimitRegistry("chat:m", connection=redis_conn)
+    redis_conn.zadd(slots.allowed_key, {first.id: time.time()})  # the slot it never released
+    redis_conn.hset(slots.config_key, "concurrency", 1)
+    redis_conn.sadd(slots.rl_keys_key, slots.key)
+    behind = queue.enqueue(f"{JOBS}.sleep_then_return", 0, "behind", rate_limit=RateLimit("chat:m", 1))
+    assert fetch_job(behind.id, redis_conn).get_status() == JobStatus.RATE_LIMITED
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock = f"{socket.gethostname()}|{gone.pid}|{time.time():.0f}|deadbeef"  # a process that is gone
+    redis_conn.set(queue.registry_cleaning_key, lock, ex=899)
+
+    assert start_worker(burst=True).wait() == 0
+    assert fetch_job(behind.id, redis_conn).return_value() == "behind"
+    assert redis_conn.get(queue.registry_cleaning_key) is None  # released after cleaning
 
 
 def test_run_worker_configures_jobs_and_closes_their_database_connections(redis_server, redis_conn, tmp_path):

@@ -91,7 +91,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,19 +102,25 @@ from rq.exceptions import DequeueTimeout, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
+from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.scripts import release_lock
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 from rq.utils import current_timestamp, now
 from rq.worker import SimpleWorker, Worker, WorkerStatus
 from rq.worker.base import BaseWorker, DequeueStrategy
+from rq.worker_registration import clean_worker_registry
 from rq.worker_registration import register as register_worker_key
 
 from gateway.processes import owner_is_dead, owner_token, process_is_alive
 from gateway.queue import REDIS_DOWN_ERRORS, JobSerializer, RedisOutage
 
 log = logging.getLogger(__name__)
+
+# The longest an abandoned-job cleanup may hold its lock (see `reaping`).
+REAPING_LOCK_TTL = 10
+# As RQ's own registry-cleaning lock: held at most this long by a worker that cleans, then freed.
+MAINTENANCE_LOCK_TTL = 899
 
 
 class ColdShutdownError(Exception):
@@ -281,6 +287,47 @@ def take_over_stale_lock(connection: Redis, lock_key: str, token_of: Any = None)
     if deleted:
         log.info("took over lock %s from %s, a process that is gone", lock_key, holder)
     return bool(deleted)
+
+
+@contextlib.contextmanager
+def reaping(connection: Redis, registry: StartedJobRegistry) -> Iterator[None]:
+    """Hold the lock under which abandoned jobs of `registry` are expired and cleaned up.
+
+    The reaper of every worker and the sweep both hand abandoned jobs to RQ's cleanup, which
+    reads the expired entries, handles those still STARTED, then deletes every entry expired by
+    then: an entry expired by another process in between was deleted unhandled (its job stayed
+    STARTED for good), and two cleanups at once retried one job twice. One at a time, neither.
+    """
+    key = f"{registry.key}:reaping"
+    token = owner_token()
+    deadline = time.monotonic() + REAPING_LOCK_TTL
+    while not connection.set(key, token, nx=True, ex=REAPING_LOCK_TTL):
+        if take_over_stale_lock(connection, key):
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{key} stayed held for {REAPING_LOCK_TTL} s")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        release_lock(connection, key, token)
+
+
+def expire_abandoned(connection: Redis, job: Job, serializer: Any = JobSerializer) -> None:
+    """Hand `job`, STARTED by a worker known to be dead, to RQ's abandoned-job handling now.
+
+    Its entries in StartedJobRegistry are expired so that RQ's cleanup retries it (or fails it
+    when no retries are left) and frees its RateLimit slot. A job left STARTED with no entry at
+    all (its worker died between the two) gets one, or it would never run again.
+    """
+    registry = StartedJobRegistry(job.origin, connection=connection, serializer=serializer)
+    with reaping(connection, registry):
+        if job.get_status(refresh=True) != JobStatus.STARTED:
+            return  # someone handled it meanwhile
+        prefix = f"{job.id}:".encode()
+        members = [m for m in connection.zrange(registry.key, 0, -1) if m.startswith(prefix)]
+        connection.zadd(registry.key, dict.fromkeys(members or [f"{job.id}:abandoned"], 0))
+        registry.cleanup(timestamp=current_timestamp())
 
 
 def run_now(connection: Redis, job_id: str, serializer: Any = JobSerializer) -> bool:
@@ -651,6 +698,31 @@ class ThreadPoolWorker(SimpleWorker):
         self.clean_registries()
         self.clean_group_registries()
 
+    def clean_registries(self) -> None:
+        """RQ's registry cleaning of each queue, under a maintenance lock that names its owner.
+
+        RQ's own lock holds "1" for 15 minutes, so a worker SIGKILLed while cleaning (each new
+        worker cleans as it starts) would stop every worker from cleaning for that long: a
+        RateLimit slot leaked by a kill would keep its chat waiting. A dead owner's lock is
+        taken over at once, as for the scheduler and cron locks.
+        """
+        for queue in self.queues:
+            key = queue.registry_cleaning_key
+            token = owner_token()
+            if not self.connection.set(key, token, nx=True, ex=MAINTENANCE_LOCK_TTL) and not (
+                take_over_stale_lock(self.connection, key)
+                and self.connection.set(key, token, nx=True, ex=MAINTENANCE_LOCK_TTL)
+            ):
+                continue
+            try:
+                self.log.info("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                clean_registries(queue, self._exc_handlers)
+                clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+            finally:
+                release_lock(self.connection, key, token)
+        self.last_cleaned_at = now()
+
     def _reap_unstarted(self, queue: Queue, started: set[str]) -> int:
         """Jobs popped into the intermediate list by a worker that died before starting them.
 
@@ -723,15 +795,17 @@ class ThreadPoolWorker(SimpleWorker):
                     abandoned.append((job_id, name))
             if not abandoned:
                 continue
-            for job_id, _ in abandoned:
-                # Killed after registering the execution but before the job's thread marked it
-                # STARTED: RQ's cleanup would skip it (and leave its RateLimit slot held).
-                job = queue.fetch_job(job_id)
-                if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
-                    self.handle_job_failure(job, queue, exc_string="Its worker died as it was starting it.")
-            expired = [member for job_id, _ in abandoned for member in by_job[job_id]]
-            self.connection.zadd(registry.key, dict.fromkeys(expired, 0), xx=True)
-            registry.cleanup(timestamp=current_timestamp(), exception_handlers=self._exc_handlers)
+            with reaping(self.connection, registry):
+                for job_id, _ in abandoned:
+                    # Killed after registering the execution but before the job's thread marked
+                    # it STARTED: RQ's cleanup would skip it (and leave its RateLimit slot held).
+                    job = queue.fetch_job(job_id)
+                    if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
+                        reason = "Its worker died as it was starting it."
+                        self.handle_job_failure(job, queue, exc_string=reason)
+                expired = [member for job_id, _ in abandoned for member in by_job[job_id]]
+                self.connection.zadd(registry.key, dict.fromkeys(expired, 0), xx=True)
+                registry.cleanup(timestamp=current_timestamp(), exception_handlers=self._exc_handlers)
             for job_id, worker_name in abandoned:
                 reaped += 1
                 self.log.warning(
