@@ -96,8 +96,12 @@ def emit(
     if queue is None:
         return
     try:
+        # Only what decides the delivery: this runs in every webhook, and a whole agent row is wide.
         agent = (
-            Agent.select().join(Chat, on=(Chat.agent == Agent.agent_id)).where(Chat.chat_id == chat_id).get()
+            Agent.select(Agent.webhook_url, Agent.webhook_secret, Agent.webhook_events)
+            .join(Chat, on=(Chat.agent == Agent.agent_id))
+            .where(Chat.chat_id == chat_id)
+            .get()
         )
         url, _ = endpoint_for(agent, settings)
         if url is None or not subscribed(agent, event):
