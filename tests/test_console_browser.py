@@ -7,10 +7,12 @@ a fresh browser context (no cookies). Only Twilio and the model are loopback fak
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright import sync_api as playwright_api
@@ -291,3 +293,49 @@ def test_numbers_page_configures_twilio_and_contacts_show_opt_outs(page, stack):
     page.goto(f"/console/contacts?q={urllib.parse.quote(them)}")
     expect(page.locator("table")).to_contain_text("opted out")
     stack.shots.take(page, "contacts")
+
+
+def test_contact_export_downloads_and_erase_removes_their_chats(page, stack, browser):
+    """A person's page: Export downloads their JSON; Erase names what goes, refuses a form without its
+    CSRF token, then erases and says what went; their chats leave the list. Anonymous: sign-in form."""
+    them = person()
+    stack.model.reply_with("Noted.")
+    stack.text_in(them, "please forget me")
+    wait_for(lambda: stack.twilio.messages_to(them), message="the agent's reply at Twilio")
+    anonymous = browser.new_context(viewport=PHONE, base_url=stack.url).new_page()
+    anonymous.goto(f"/console/contacts/{urllib.parse.quote(them)}/export")
+    expect(anonymous.locator("h1")).to_have_text("Sign in to the console")
+    anonymous.context.close()
+
+    sign_in(page)
+    page.goto(f"/console/contacts?q={urllib.parse.quote(them)}")
+    page.click(f"table >> text={them}")
+    expect(page.locator("h1")).to_have_text(them)
+    stack.shots.take(page, "contact")
+    with page.expect_download() as download_info:
+        page.click("text=Export")
+    download = download_info.value
+    assert download.suggested_filename == f"contact-{them[1:]}.json"
+    exported = json.loads(Path(download.path()).read_text())
+    assert exported["phone_number"] == them
+    assert [m["content"] for m in exported["chats"][0]["messages"]] == ["please forget me", "Noted."]
+
+    page.click("text=Erase…")
+    expect(page.locator("h1")).to_have_text(f"Erase {them}?")
+    expect(page.locator(".erase-preview")).to_contain_text("1 chat with their transcripts")
+    expect(page.locator(".erase-preview")).to_contain_text("2 messages")
+    stack.shots.take(page, "contact-erase")
+    confirm_url = page.url
+    page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
+    page.click("button:has-text('Erase everything')")
+    expect(page.get_by_role("alert")).to_contain_text("security token is missing")
+    page.goto(f"/console/chats?q={urllib.parse.quote(them)}")
+    expect(page.locator(".chat-list")).to_contain_text(them)  # refused: nothing erased
+
+    page.goto(confirm_url)
+    page.click("button:has-text('Erase everything')")
+    erased = f"Erased everything stored about {them}: 1 chat, 2 messages"
+    expect(page.locator(".flash")).to_contain_text(erased)
+    page.goto(f"/console/chats?q={urllib.parse.quote(them)}")
+    expect(page.locator("main")).to_contain_text("No chats match these filters")
+    expect(page.locator(".chat-list")).not_to_contain_text(them)

@@ -20,4 +20,4 @@ bp = Blueprint(
     static_url_path="/static",
 )
 
-from gateway.console import agents, auth, chats, manage  # noqa: E402,F401  (routes register on bp)
+from gateway.console import agents, auth, chats, contacts, manage  # noqa: E402,F401  (routes register on bp)

@@ -1,5 +1,5 @@
-"""The console's settings pages: our numbers (agents, Twilio webhook, Configure on Twilio), starting
-an outbound SMS conversation, and the contacts with their opt-out state."""
+"""The console's settings pages: our numbers (agents, Twilio webhook, Configure on Twilio) and
+starting an outbound SMS conversation (the contacts are in gateway/console/contacts.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,10 @@ from gateway.conversations.outbound import OutboundRefused, OutboundRequest, sta
 from gateway.errors import GatewayError
 from gateway.queue import enqueue_opening, retry_policy
 from gateway.storage.db import database
-from gateway.storage.models import Agent, Chat, Contact, IdempotencyKey, PhoneNumber, utcnow
+from gateway.storage.models import Agent, Chat, IdempotencyKey, PhoneNumber, utcnow
 from gateway.twilio.numbers import SMS_PATH, configure_number, list_numbers, numbers_client
 
 log = logging.getLogger(__name__)
-
-CONTACTS_PAGE = 100
 
 
 def live_agents() -> list[Agent]:
@@ -205,29 +203,3 @@ def _replay(stored_key: str) -> str | None:
         return None
     chat_id = (row.response or {}).get("chat_id")
     return chat_id if chat_id and Chat.get_or_none(Chat.chat_id == chat_id) else None
-
-
-@bp.get("/contacts")
-def contacts():
-    """The people who texted our numbers, with their opt-out state (search by number)."""
-    query = Contact.select().order_by(Contact.id.desc())  # newest first; `before` pages by id
-    search = "".join(c for c in (request.args.get("q") or "") if c.isdigit())
-    if search:
-        query = query.where(Contact.phone_number.contains(search))
-    if request.args.get("opted_out") == "1":
-        query = query.where(Contact.opted_out == True)  # noqa: E712 - peewee expression
-    before = request.args.get("before", type=int)
-    if before:
-        query = query.where(Contact.id < before)
-    rows = list(query.limit(CONTACTS_PAGE + 1))
-    more = len(rows) > CONTACTS_PAGE
-    rows = rows[:CONTACTS_PAGE]
-    return render_template(
-        "console/contacts.html",
-        rows=rows,
-        q=request.args.get("q") or "",
-        opted_out=request.args.get("opted_out") == "1",
-        next_url=url_for("console.contacts", before=rows[-1].id, q=request.args.get("q") or None)
-        if more
-        else None,
-    )
