@@ -341,7 +341,7 @@ def test_permanent_failures_are_not_retried(client, fake_model):
 
 
 def test_retry_sleeps_double_with_jitter_and_are_capped():
-    from gateway.api.completions import MAX_RETRY_SLEEP, retry_sleep
+    from gateway.conversations.answering import MAX_RETRY_SLEEP, retry_sleep
 
     for attempt in range(4):
         assert 0.75 * 2**attempt <= retry_sleep(1.0, attempt) <= 1.25 * 2**attempt

@@ -6,7 +6,7 @@ import pytest
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
-from gateway.conversations import replies
+from gateway.conversations import answering, replies
 from gateway.queue import (
     JobSerializer,
     enqueue_reply,
@@ -94,13 +94,13 @@ def test_retries_spent_bring_the_fallback_once(configured, redis_conn, fake_mode
     job = reply_job(configured, redis_conn, message)
 
     assert len(fake_model.requests) == 2  # the try and its one retry
-    assert [(m["To"], m["Body"]) for m in fake_twilio.messages] == [(PERSON, replies.FALLBACK_MESSAGE)]
+    assert [(m["To"], m["Body"]) for m in fake_twilio.messages] == [(PERSON, answering.FALLBACK_MESSAGE)]
     stored = fresh(message)
     assert (stored.reply_state, stored.error_code) == ("failed", "500")
     assert "500" in stored.error_message
     [part] = agent_messages(chat)
     assert (part.content, part.twilio_sid, part.reply_to_id) == (
-        replies.FALLBACK_MESSAGE,
+        answering.FALLBACK_MESSAGE,
         fake_twilio.messages[0]["sid"],
         message.id,
     )
@@ -157,7 +157,7 @@ def test_a_fallback_interrupted_by_twilio_is_sent_by_the_retry(
 
     assert len(fake_model.requests) == 1
     assert len(fake_twilio.attempts) == 2
-    assert [m["Body"] for m in fake_twilio.messages] == [replies.FALLBACK_MESSAGE]
+    assert [m["Body"] for m in fake_twilio.messages] == [answering.FALLBACK_MESSAGE]
     stored = fresh(message)
     assert (stored.reply_state, stored.error_code) == ("failed", "404")
     assert job.get_status() == JobStatus.FINISHED
@@ -196,7 +196,7 @@ def test_end_to_end_the_person_gets_the_fallback(client, worker, fake_model, fak
     message = Message.get(Message.twilio_sid == form["MessageSid"])
 
     [sent] = fake_twilio.wait_for_messages(1, timeout=30)
-    assert (sent["To"], sent["Body"]) == (PERSON, replies.FALLBACK_MESSAGE)
+    assert (sent["To"], sent["Body"]) == (PERSON, answering.FALLBACK_MESSAGE)
     wait_for(lambda: fresh(message).reply_state == "failed", message="the message failed")
     assert fresh(message).error_code == "503"
     wait_for(
@@ -208,7 +208,7 @@ def test_end_to_end_the_person_gets_the_fallback(client, worker, fake_model, fak
     chat = client.get(f"/v1/chats/{message.chat_id}", headers=AUTH).json
     assert [(m["role"], m["content"], m["error_code"]) for m in chat["messages"]] == [
         ("user", "are you there?", "503"),
-        ("agent", replies.FALLBACK_MESSAGE, None),
+        ("agent", answering.FALLBACK_MESSAGE, None),
     ]
 
 

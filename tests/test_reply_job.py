@@ -12,7 +12,7 @@ from rq.rate_limit import RateLimitRegistry
 
 from gateway.agent.analysis import analysis_job_id
 from gateway.agent.prompt import build_messages
-from gateway.conversations import replies
+from gateway.conversations import answering, replies
 from gateway.errors import PermanentError, TransientError
 from gateway.queue import (
     JobSerializer,
@@ -256,7 +256,7 @@ def test_transient_errors_until_retries_run_out_are_recorded(configured, redis_c
     assert "503" in stored.error_message
     assert fetch_job(job.id, redis_conn).get_status() == JobStatus.FAILED
     # The person is not left waiting in silence (tests/test_fallback.py).
-    assert [m["Body"] for m in fake_twilio.messages] == [replies.FALLBACK_MESSAGE]
+    assert [m["Body"] for m in fake_twilio.messages] == [answering.FALLBACK_MESSAGE]
 
 
 def test_permanent_model_error_fails_the_job_without_retry(configured, redis_conn, fake_model, fake_twilio):

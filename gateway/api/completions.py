@@ -1,21 +1,21 @@
 """POST /v1/chats/{chat_id}/completions: the user's turn in, the agent's answer out, synchronously.
 
 Take a completion slot of the chat (waiting, without a database connection, only when every slot
-is busy), record the user's message and build the prompt, give the connection back and ask the
-model (retrying transient failures with the agent's backoff; it can take seconds), then record the
-answer on a fresh connection.
+is busy), check the token budget (429 when it is spent), record the user's message and build the
+prompt, give the connection back and ask the model (retrying transient failures with the agent's
+backoff; it can take seconds), then record the answer on a fresh connection. The prompt, budget,
+model call, retry policy and stored columns are the "answer this chat" service shared with SMS
+(gateway/conversations/answering.py); this module keeps the HTTP turn and the completion slots.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
 
 from flask import current_app
 from redis import RedisError
 
-from gateway.agent import llm, prompt
+from gateway.agent import llm
 from gateway.agent.memory import schedule_after_turn
 from gateway.api.chats import CHAT_ID
 from gateway.api.concurrency import Semaphore, SlotsBusy
@@ -24,7 +24,8 @@ from gateway.api.errors import ApiError, conflict, not_found
 from gateway.api.schemas import CompletionRequest, CompletionResponse, is_id
 from gateway.api.serializers import message_out
 from gateway.config import Settings
-from gateway.errors import GatewayError, TransientError
+from gateway.conversations import answering
+from gateway.errors import GatewayError
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
 
@@ -32,50 +33,13 @@ log = logging.getLogger(__name__)
 
 # Seconds a completion waits for a free slot when `max_concurrent_invocations` are running.
 SLOT_WAIT_SECONDS = 10.0
-# One retry sleep is at most this long, and all of a request's sleeps together at most the
-# budget: the caller is holding an HTTP request open.
-MAX_RETRY_SLEEP = 10.0
-RETRY_SLEEP_BUDGET = 30.0
 # Added to a slot's lease beyond the longest a completion can take.
 LEASE_MARGIN = 30.0
 
 
-def retry_sleep(retry_delay: float, attempt: int) -> float:
-    """Seconds to wait before retry number `attempt` (0-based): doubling, ±25% jitter, capped."""
-    base = max(retry_delay, 0.0) * (2**attempt)
-    return min(MAX_RETRY_SLEEP, base * random.uniform(0.75, 1.25))
-
-
-def complete_with_retries(settings: Settings, agent: Agent, messages: list[dict]) -> llm.Completion:
-    """The model's answer; TransientError retried `agent.retry_attempts` times, PermanentError not."""
-    slept = 0.0
-    attempt = 0
-    while True:
-        try:
-            return llm.complete(
-                settings,
-                model=agent.model or settings.openai_model,
-                messages=messages,
-                temperature=agent.temperature,
-                max_tokens=agent.max_tokens,
-            )
-        except TransientError as exc:
-            if attempt >= agent.retry_attempts:
-                raise
-            delay = retry_sleep(agent.retry_delay, attempt)
-            if slept + delay > RETRY_SLEEP_BUDGET:
-                raise
-            log.warning(
-                "model attempt failed at %s: %s; retry %d in %.2fs", exc.endpoint, exc, attempt + 1, delay
-            )
-            time.sleep(delay)
-            slept += delay
-            attempt += 1
-
-
 def slot_lease(settings: Settings, agent: Agent) -> float:
     """How long one completion can hold its slot: every attempt timing out, every sleep taken."""
-    return (agent.retry_attempts + 1) * settings.model_timeout + RETRY_SLEEP_BUDGET + LEASE_MARGIN
+    return (agent.retry_attempts + 1) * settings.model_timeout + answering.RETRY_SLEEP_BUDGET + LEASE_MARGIN
 
 
 def check_can_complete(chat: Chat) -> None:
@@ -111,7 +75,7 @@ def record_user_turn(chat: Chat, content: str, settings: Settings) -> tuple[Mess
         user_message = Message.create(
             chat=chat.chat_id, role=Role.USER.value, content=content, created_at=now, updated_at=now
         )
-    messages = prompt.build_messages(chat, chat.agent, settings)
+    messages = answering.build_prompt(settings, chat, chat.agent)
     if not any(m.get("role") == "user" for m in messages):
         # An agent that keeps no history (num_last_messages 0) still answers the message it got.
         messages.append({"role": "user", "content": content})
@@ -123,29 +87,36 @@ def record_agent_turn(chat_id: str, user_message: Message, completion: llm.Compl
     with database.connection_context():
         now = utcnow()
         with database.atomic():
-            message = Message.create(
-                chat=chat_id,
-                role=Role.AGENT.value,
-                content=completion.text,
-                reply_to=user_message.id,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                created_at=now,
-                updated_at=now,
+            # API chats are never held by an operator: this only marks the chat active.
+            answering.lock_unheld_chat(chat_id, now)
+            [row] = answering.answer_rows(
+                chat_id, [completion.text], completion, now, reply_to=user_message.id
             )
-            Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id).execute()
-        return message
+            return Message.create(**row)
+
+
+def budget_spent(exc: answering.BudgetExhausted, recorded: bool) -> ApiError:
+    """The 429 of a completion refused because a daily token budget is spent."""
+    kept = "The user's message is recorded." if recorded else "Nothing was recorded."
+    return ApiError(429, "budget_exhausted", f"{exc.reason} {kept}")
 
 
 def run_completion(chat: Chat, content: str, settings: Settings) -> Message:
-    """Record the user's turn, ask the model, record and return the answer (502 when it fails).
+    """Check the budget, record the user's turn, ask the model, record and return the answer.
 
-    Runs with the request's connection open; closes it for the model call, opens one after.
+    429 when a daily token budget is spent, 502 when the model fails. Runs with the request's
+    connection open; closes it for the model call, opens one after.
     """
+    try:
+        answering.check_budget(settings, chat.agent)
+    except answering.BudgetExhausted as exc:
+        raise budget_spent(exc, recorded=False) from exc
     user_message, messages = record_user_turn(chat, content, settings)
     database.close()  # the model can take seconds: hold no connection meanwhile
     try:
-        completion = complete_with_retries(settings, chat.agent, messages)
+        completion = answering.ask_with_retries(settings, chat.agent, chat, messages)
+    except answering.BudgetExhausted as exc:
+        raise budget_spent(exc, recorded=True) from exc
     except GatewayError as exc:
         log.warning("completion for %s failed at %s: %s", chat.chat_id, exc.endpoint or "the gateway", exc)
         raise ApiError(
@@ -189,6 +160,8 @@ def take_slot(semaphore: Semaphore, chat: Chat) -> str:
     body=CompletionRequest,
     ok=(200, CompletionResponse, "The agent's new message(s)."),
     errors={
+        429: "A daily model token budget (the agent's tokens_per_day or the gateway's) is spent "
+        "(`budget_exhausted`); the user's message is not recorded; budgets reset at midnight UTC.",
         409: "The chat is not ongoing (`chat_not_ongoing`), is an SMS chat (`not_an_api_chat`), or "
         "max_concurrent_invocations completions kept running (`too_many_invocations`).",
         502: "The model failed for good or retries ran out (`model_error`); the user's message stays "

@@ -2,9 +2,11 @@
 
 `start_sms_chat` records everything in one transaction (the chat, the opening text when the
 caller wrote one, the idempotency key) before anything is sent; the `send_opening` job then asks
-the agent for the opening text when there is none and sends the parts that have no Twilio SID,
-exactly like a reply (`gateway.replies.send_parts`). When the person answers, the inbound webhook
-finds this chat by its number pair, so the conversation continues in the same chat.
+the agent for the opening text when there is none (through the "answer this chat" service,
+gateway/conversations/answering.py: a spent token budget refuses it before the model call) and
+sends the parts that have no Twilio SID, exactly like a reply (`replies.send_parts`). When the
+person answers, the inbound webhook finds this chat by its number pair, so the conversation
+continues in the same chat.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 from peewee import IntegrityError
 
 from gateway.agent import llm
-from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms
 from gateway.config import Settings
+from gateway.conversations import answering
 from gateway.conversations.consent import is_first_text, next_send_time, opt_out_hint, with_hint
 from gateway.conversations.replies import (
     PART_COLUMNS,
@@ -174,28 +176,18 @@ def store_opening(
     details: dict | None = None,
 ) -> None:
     """Store the opening text's parts (the first carries the media, or the template `details`)."""
-    now = utcnow()
-    Message.insert_many(
-        [
-            {
-                "chat": chat.chat_id,
-                "role": Role.AGENT.value,
-                "kind": MessageKind.TEXT.value,
-                "content": text,
-                "media": [{"url": url, "content_type": None} for url in media_urls] if index == 0 else [],
-                "details": details if index == 0 else None,
-                "status": MessageStatus.QUEUED.value,
-                "from_number": chat.from_number,
-                "to_number": chat.to_number,
-                "part_index": index,
-                "prompt_tokens": completion.prompt_tokens if completion and index == 0 else None,
-                "completion_tokens": completion.completion_tokens if completion and index == 0 else None,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for index, text in enumerate(parts)
-        ]
-    ).execute()
+    rows = answering.answer_rows(
+        chat.chat_id,
+        parts,
+        completion,
+        utcnow(),
+        status=MessageStatus.QUEUED.value,
+        from_number=chat.from_number,
+        to_number=chat.to_number,
+        media=[{"url": url, "content_type": None} for url in media_urls],
+        details=details,
+    )
+    Message.insert_many(rows).execute()
 
 
 def _opening_parts(chat_id: str) -> list[Message]:
@@ -217,12 +209,13 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
         parts = _opening_parts(chat_id)
         if not any(p.twilio_sid for p in parts) and _wait_for_sending_hours(chat, agent):
             return 0
-        prompt = None if parts else build_messages(chat, agent, settings)
+        prompt = None if parts else answering.build_prompt(settings, chat, agent)
     target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     try:
         if prompt is not None:
+            answering.check_budget(settings, agent)
             prompt.append({"role": "user", "content": OPENING_INSTRUCTION})
-            completion, texts = ask_for_sms(settings, agent, prompt, channel=chat.channel)
+            completion, texts = ask_for_sms(settings, agent, chat, prompt)
             with database.connection_context(), database.atomic():
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):

@@ -19,11 +19,16 @@ whether it was accepted (`find_sent`), so it is not sent twice.
 Failures are recorded on the messages and re-raised, so RQ sees them (and retries transient ones).
 
 When the model fails for good (a PermanentError, or a TransientError on the last attempt), the
-agent's fallback text (`fallback_message`, else FALLBACK_MESSAGE; unless `fallback_enabled` is
-off) is the reply: stored as parts with the model's error recorded on the inbound messages in
-the same transaction, sent like any reply, then those messages are marked `failed` (a pending
-inbound message with an error_code is one answered by a fallback), and the model's error is
-re-raised for RQ. Twilio failures never bring a fallback: it would fail the same way.
+agent's fallback text (answering.fallback_text; unless `fallback_enabled` is off) is the reply:
+stored as parts with the model's error recorded on the inbound messages in the same transaction,
+sent like any reply, then those messages are marked `failed` (a pending inbound message with an
+error_code is one answered by a fallback), and the model's error is re-raised for RQ. Twilio
+failures never bring a fallback: it would fail the same way.
+
+The prompt, the model call, the token budget and the stored answer's columns are the shared
+"answer this chat" service (gateway/conversations/answering.py); this module keeps what is SMS's
+own: covering a burst of texts, opt-out, splitting into parts and sending them. An operator who
+takes the chat over while the model thinks wins: the answer is dropped when it would be stored.
 """
 
 from __future__ import annotations
@@ -38,9 +43,9 @@ from peewee import InterfaceError, OperationalError
 
 from gateway import metrics
 from gateway.agent import llm, spend
-from gateway.agent.prompt import build_messages
 from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
 from gateway.config import Settings
+from gateway.conversations import answering
 from gateway.conversations.refusals import refuse_reply
 from gateway.conversations.sessions import has_opted_out
 from gateway.errors import GatewayError, PermanentError, TransientError, is_opted_out
@@ -84,8 +89,6 @@ IN_PROGRESS = "reply_in_progress"
 MAX_COVERED = 50
 # Parts of one reply when the agent has no max_reply_parts (the column's default).
 DEFAULT_MAX_REPLY_PARTS = 5
-# What the person gets when the model cannot answer and the agent has no fallback_message.
-FALLBACK_MESSAGE = "Sorry, I can't answer right now. Please try again later."
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,9 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                     else None
                 )
                 if anchor is None and refusal is None:
-                    prompt = build_messages(chat, agent, settings, upto_message_id=newest, images=True)
+                    prompt = answering.build_prompt(
+                        settings, chat, agent, upto_message_id=newest, images=True
+                    )
                     if target.channel == Channel.WHATSAPP.value:
                         # WhatsApp shows "typing..." while the model works (best effort, not waited on).
                         show_typing(
@@ -186,19 +191,21 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 prompt = media.resolve_images(settings, prompt)
                 completion: llm.Completion | None = None
                 try:
-                    completion, parts = ask_for_sms(settings, agent, prompt, channel=target.channel)
+                    completion, parts = ask_for_sms(settings, agent, chat, prompt)
                 except GatewayError as exc:
-                    if not _falls_back(agent, exc, last_attempt):
+                    if not answering.falls_back(agent, exc, last_attempt):
                         raise
                     log.warning(
                         "model failed for good in chat %s (%s); sending the fallback", target.chat_id, exc
                     )
-                    parts = split_sms(fallback_text(agent), max_parts=reply_parts_cap(agent))
+                    parts = split_sms(answering.fallback_text(agent), max_parts=reply_parts_cap(agent))
                     completion, model_failure = None, exc
                 anchor, stored = _store_parts(target, newest, parts, completion, failure=model_failure)
+                if stored == HELD:  # an operator took the chat over while the model was thinking
+                    return ReplyOutcome("held", message_id, covered=tuple(covered))
                 if anchor is None:  # answered by another attempt meanwhile
                     return ReplyOutcome("skipped", message_id)
-                if not stored:
+                if stored != STORED:
                     model_failure = None  # another attempt's stored reply goes out instead
 
             with database.connection_context():
@@ -227,21 +234,14 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
 
 
 def ask_for_sms(
-    settings: Settings, agent: Agent, prompt: list[dict], *, channel: str = Channel.SMS.value
+    settings: Settings, agent: Agent, chat: Chat, prompt: list[dict]
 ) -> tuple[llm.Completion, list[str]]:
-    """The agent's answer to `prompt`, as parts formatted for the channel; an empty answer is transient.
+    """The agent's answer to `prompt`, as parts formatted for the chat's channel (empty: transient).
 
     SMS gets plain text; WhatsApp gets the markdown in WhatsApp's own formatting.
     """
-    completion = llm.complete(
-        settings,
-        model=agent.model or settings.openai_model,
-        messages=prompt,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-    )
-    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
-    render = to_whatsapp_text if channel == Channel.WHATSAPP.value else to_plain_text
+    completion = answering.ask(settings, agent, chat, prompt)
+    render = to_whatsapp_text if chat.channel == Channel.WHATSAPP.value else to_plain_text
     text = render(completion.text) or completion.text.strip()
     parts = split_sms(text, max_parts=reply_parts_cap(agent))
     if not parts:
@@ -252,17 +252,6 @@ def ask_for_sms(
 def reply_parts_cap(agent: Agent) -> int:
     """How many SMS parts one reply of this agent may become (a longer one is cut)."""
     return max(1, agent.max_reply_parts or DEFAULT_MAX_REPLY_PARTS)
-
-
-def _falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:
-    """True when this model failure is final and the agent sends its fallback text."""
-    final = isinstance(error, PermanentError) or last_attempt
-    return final and agent.fallback_enabled is not False
-
-
-def fallback_text(agent: Agent) -> str:
-    """What the person gets when the model cannot answer."""
-    return (agent.fallback_message or "").strip() or FALLBACK_MESSAGE
 
 
 def _pending_ids(chat_id: str, *, upto: int | None = None) -> list[int]:
@@ -293,6 +282,11 @@ def _stored_reply_anchor(chat_id: str) -> int | None:
     return row.reply_to_id if row else None
 
 
+# What _store_parts did: stored the reply, found one stored by another attempt, found the message
+# answered already, or found the chat held by an operator (the reply is dropped).
+STORED, EXISTING, GONE, HELD = "stored", "existing", "gone", "held"
+
+
 def _store_parts(
     target: SmsTarget,
     message_id: int,
@@ -300,23 +294,27 @@ def _store_parts(
     completion: llm.Completion | None,
     *,
     failure: GatewayError | None = None,
-) -> tuple[int | None, bool]:
-    """Store the reply's parts in one transaction; return (the message they answer, stored now).
+) -> tuple[int | None, str]:
+    """Store the reply's parts in one transaction; return (the message they answer, what happened).
 
     The chat row is written first: that serialises attempts on one chat (a row lock on
     PostgreSQL, the write lock on SQLite), so two attempts cannot both store a reply. If another
-    attempt stored one meanwhile, ours is dropped and that one is sent instead. With `failure`
-    the parts are a fallback: the model's error goes on the pending inbound messages they answer.
+    attempt stored one meanwhile, ours is dropped and that one is sent instead. If an operator
+    took the chat over meanwhile, ours is dropped and the texts are left to the operator. With
+    `failure` the parts are a fallback: the model's error goes on the pending inbound messages
+    they answer.
     """
     now = utcnow()
     with database.connection_context(), write_transaction():
-        Chat.update(last_activity_at=now).where(Chat.chat_id == target.chat_id).execute()
+        if not answering.lock_unheld_chat(target.chat_id, now):
+            answering.drop_for_operator(target.chat_id, message_id, now)
+            return None, HELD
         existing = _stored_reply_anchor(target.chat_id)
         if existing is not None:
-            return existing, False
+            return existing, EXISTING
         state = Message.select(Message.reply_state).where(Message.id == message_id).scalar()
         if state != ReplyState.PENDING.value:
-            return None, False
+            return None, GONE
         if failure is not None:
             code, reason = _code_reason(failure)
             Message.update(error_code=code, error_message=reason, updated_at=now).where(
@@ -325,27 +323,20 @@ def _store_parts(
                 & (Message.reply_state == ReplyState.PENDING.value)
                 & (Message.id <= message_id)
             ).execute()
-        rows = [
-            {
-                "chat": target.chat_id,
-                "role": Role.AGENT.value,
-                # A fallback is the gateway's words, not the agent's: the model never reads it.
-                "kind": (MessageKind.TEXT if failure is None else MessageKind.NOTICE).value,
-                "content": text,
-                "status": MessageStatus.QUEUED.value,
-                "from_number": target.our_number,
-                "to_number": target.their_number,
-                "reply_to": message_id,
-                "part_index": index,
-                "prompt_tokens": completion.prompt_tokens if completion and index == 0 else None,
-                "completion_tokens": completion.completion_tokens if completion and index == 0 else None,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for index, text in enumerate(parts)
-        ]
+        rows = answering.answer_rows(
+            target.chat_id,
+            parts,
+            completion,
+            now,
+            reply_to=message_id,
+            # A fallback is the gateway's words, not the agent's: the model never reads it.
+            kind=MessageKind.TEXT if failure is None else MessageKind.NOTICE,
+            status=MessageStatus.QUEUED.value,
+            from_number=target.our_number,
+            to_number=target.their_number,
+        )
         Message.insert_many(rows).execute()
-    return message_id, True
+    return message_id, STORED
 
 
 # What `send_parts` reads of a stored part.
