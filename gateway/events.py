@@ -1,6 +1,6 @@
 """Chat event webhooks: what happened in a chat, POSTed signed to the business's URL by RQ jobs.
 
-Events: `chat_started`, `chat_ended`, `chat_analyzed` (the default set), and on request
+Events: `chat_started`, `chat_ended`, `chat_analyzed`, `chat_handoff` (the default set), and on request
 `message_received` and `message_status`. An agent's `webhook_url` (else EVENTS_WEBHOOK_URL)
 receives the events in its `webhook_events` (else the default set) as
 
@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 CHAT_STARTED = "chat_started"
 CHAT_ENDED = "chat_ended"
 CHAT_ANALYZED = "chat_analyzed"
+CHAT_HANDOFF = "chat_handoff"  # the agent handed the chat to a human (its handoff_to_human tool)
 MESSAGE_RECEIVED = "message_received"
 MESSAGE_STATUS = "message_status"
-EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED, MESSAGE_RECEIVED, MESSAGE_STATUS)
-DEFAULT_EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED)
+EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED, CHAT_HANDOFF, MESSAGE_RECEIVED, MESSAGE_STATUS)
+DEFAULT_EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED, CHAT_HANDOFF)
 
 DELIVER_JOB = "workers.event_jobs.deliver_event"
 DELIVERY_TIMEOUT = 10.0  # seconds for one POST (connect and read)

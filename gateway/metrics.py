@@ -40,18 +40,27 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "model_calls": (
         "counter",
-        "Model calls by model and outcome (ok or the error code).",
-        ("model", "outcome"),
+        "Model calls by agent, model and outcome (ok or the error code); agent empty: no agent's call.",
+        ("agent", "model", "outcome"),
     ),
-    "model_tokens": ("counter", "Model tokens by model and kind (prompt, completion).", ("model", "kind")),
-    "model_call_seconds": ("histogram", "Model call latency by model.", ("model",)),
+    "model_tokens": (
+        "counter",
+        "Model tokens by agent, model and kind (prompt, completion).",
+        ("agent", "model", "kind"),
+    ),
+    "model_call_seconds": ("histogram", "Model call latency by agent and model.", ("agent", "model")),
     "reply_delay_seconds": (
         "histogram",
         "Time from an inbound text to its reply's first part accepted by Twilio.",
         (),
     ),
     "webhook_deliveries": ("counter", "Chat event deliveries by event and outcome.", ("event", "outcome")),
-    "tool_calls": ("counter", "Agent tool calls by tool and outcome.", ("tool", "outcome")),
+    "tool_calls": (
+        "counter",
+        "Agent tool calls by agent, tool and outcome (ok, error, timeout, refused, failed, bad_arguments, "
+        "unknown_tool).",
+        ("agent", "tool", "outcome"),
+    ),
 }
 
 _lock = threading.Lock()

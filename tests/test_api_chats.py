@@ -96,6 +96,7 @@ def test_messages_come_back_in_order_with_sms_fields(client):
         "status",
         "error_code",
         "reply_state",
+        "tool_calls",
     }
     assert second == {
         "message_id": second["message_id"],
@@ -107,6 +108,7 @@ def test_messages_come_back_in_order_with_sms_fields(client):
         "status": "undelivered",
         "error_code": "30003",
         "reply_state": None,
+        "tool_calls": None,
     }
     assert chat["usage"] == {"prompt_tokens": 10, "completion_tokens": 3}
 

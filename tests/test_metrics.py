@@ -123,9 +123,17 @@ def test_metrics_count_an_end_to_end_run_across_processes(gunicorn, worker, fake
     assert value(samples, "smsgw_texts_received_total", outcome="duplicate") == 1
     assert value(samples, "smsgw_texts_received_total", outcome="keyword") == 1
     assert value(samples, "smsgw_reply_parts_total", result="sent", error_code="") == 3
-    assert value(samples, "smsgw_model_calls_total", model="fake-model", outcome="ok") == 3
-    assert value(samples, "smsgw_model_tokens_total", model="fake-model", kind="completion") == 3 * 2
-    assert value(samples, "smsgw_model_call_seconds_count", model="fake-model") == 3
+    assert (
+        value(samples, "smsgw_model_calls_total", agent="agent_default", model="fake-model", outcome="ok")
+        == 3
+    )
+    assert (
+        value(
+            samples, "smsgw_model_tokens_total", agent="agent_default", model="fake-model", kind="completion"
+        )
+        == 3 * 2
+    )
+    assert value(samples, "smsgw_model_call_seconds_count", agent="agent_default", model="fake-model") == 3
     assert ("smsgw_queue_depth", (("queue", f"{worker.settings.queue_prefix}-default"),)) in samples
     # Scraped again (likely by the other gunicorn worker): the same sums.
     again = scrape(gunicorn)

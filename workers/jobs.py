@@ -24,7 +24,7 @@ from rq.rate_limit import RateLimitRegistry
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
-from gateway.conversations import operator, outbound, replies, retention
+from gateway.conversations import operator, outbound, replies, retention, tool_actions
 from gateway.errors import GatewayError, PermanentError
 from gateway.queue import (
     LIVE_STATES,
@@ -74,6 +74,9 @@ def reply_to_message(message_id: int) -> dict:
     settings = _settings()
     outcome = _attempt(lambda last: replies.answer_message(settings, message_id, last_attempt=last))
     count_reply_outcome(outcome)
+    if outcome.action is not None:
+        # The reply is out; now end the chat or hand it to a human, as the model asked.
+        _do_tool_action(settings, message_id, outcome)
     if outcome.outcome == "answered":
         memory_jobs.after_reply(outcome.covered[-1] if outcome.covered else message_id)  # never raises
     return {
@@ -82,6 +85,22 @@ def reply_to_message(message_id: int) -> dict:
         "parts_sent": outcome.parts_sent,
         "covered": list(outcome.covered),
     }
+
+
+def _do_tool_action(settings: Settings, message_id: int, outcome: replies.ReplyOutcome) -> None:
+    """Do the built-in tool call a reply ended with (end_chat, handoff_to_human). Never raises."""
+    with database.connection_context():
+        reply = (
+            Message.get_or_none(Message.id == outcome.reply_message_id) if outcome.reply_message_id else None
+        )
+        chat_id = Message.select(Message.chat).where(Message.id == message_id).scalar()
+    if chat_id is None:
+        return
+    message = None
+    if reply is not None:
+        message = {"message_id": f"msg_{reply.id}", "role": reply.role, "content": reply.content}
+    queue = job_queue(queue_name(settings), _redis(settings))
+    tool_actions.perform(settings, queue, chat_id, outcome.action, message)
 
 
 # Reply outcomes counted in smsgw_texts_received_total ("skipped": another attempt counted them).

@@ -312,6 +312,7 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
             name="chat_analysis",
             schema=analysis_schema(fields),
             redis=redis_for(settings),
+            agent_id=agent.agent_id,
         )
         spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
         parsed = parse_analysis(completion.text, fields)

@@ -25,12 +25,22 @@ _clients_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for (OpenAI's `tool_calls` item); `arguments` is its JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Completion:
-    """The model's answer and what it cost."""
+    """The model's answer and what it cost; `tool_calls` when it asked for tools instead (or too)."""
 
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def model_client(settings: Settings) -> OpenAI:
@@ -60,17 +70,26 @@ def complete(
     temperature: float | None = None,
     max_tokens: int | None = None,
     response_format: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str = "auto",
+    agent_id: str | None = None,
 ) -> Completion:
     """Ask the model for the next turn (at most `max_tokens` long); raise TransientError or PermanentError.
 
     `response_format` is passed as is (OpenAI's `{"type": "json_schema", ...}` or `json_object`);
-    gateway/agent/structured.py decides which one an endpoint gets.
+    gateway/agent/structured.py decides which one an endpoint gets. With `tools` (OpenAI's function
+    specs; gateway/agent/tools.py runs them) the answer may be `tool_calls` with no text.
+    `agent_id` labels the metrics.
     """
     if not settings.model_configured:
         return offline_completion(messages)
     kwargs: dict[str, Any] = {"model": model, "messages": messages}
     if response_format is not None:
         kwargs["response_format"] = response_format
+    if tools:
+        kwargs["tools"] = tools
+        kwargs["tool_choice"] = tool_choice
+    labels = {"agent": agent_id or "", "model": model}
     if temperature is not None:
         kwargs["temperature"] = temperature
     if max_tokens is not None and max_tokens > 0:
@@ -84,25 +103,30 @@ def complete(
         error.endpoint = (
             f"{(settings.openai_base_url or OPENAI_DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
         )
-        metrics.count("model_calls", model=model, outcome=str(error.code or "error"))
+        metrics.count("model_calls", outcome=str(error.code or "error"), **labels)
         raise error from exc
     finally:
-        metrics.observe("model_call_seconds", time.perf_counter() - started, model=model)
+        metrics.observe("model_call_seconds", time.perf_counter() - started, **labels)
     usage = response.usage
-    metrics.count("model_calls", model=model, outcome="ok")
-    metrics.count("model_tokens", getattr(usage, "prompt_tokens", None) or 0, model=model, kind="prompt")
-    metrics.count(
-        "model_tokens", getattr(usage, "completion_tokens", None) or 0, model=model, kind="completion"
-    )
+    metrics.count("model_calls", outcome="ok", **labels)
+    metrics.count("model_tokens", getattr(usage, "prompt_tokens", None) or 0, kind="prompt", **labels)
+    metrics.count("model_tokens", getattr(usage, "completion_tokens", None) or 0, kind="completion", **labels)
     if not response.choices:
         raise TransientError("The model returned no answer.", "empty_response")
-    text = (response.choices[0].message.content or "").strip()
-    if not text:
+    message = response.choices[0].message
+    text = (message.content or "").strip()
+    calls = tuple(
+        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
+        for call in (message.tool_calls or [])
+        if getattr(call, "function", None) is not None
+    )
+    if not text and not calls:
         raise TransientError("The model returned an empty answer.", "empty_response")
     return Completion(
         text=text,
         prompt_tokens=getattr(usage, "prompt_tokens", None),
         completion_tokens=getattr(usage, "completion_tokens", None),
+        tool_calls=calls,
     )
 
 

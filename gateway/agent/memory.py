@@ -269,6 +269,7 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
         name="summary",
         schema=SUMMARY_SCHEMA,
         redis=redis_for(settings),
+        agent_id=agent.agent_id,
     )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     summary = clip(summary_text(completion.text), SUMMARY_MAX_CHARS)
@@ -411,6 +412,7 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
         name="profile",
         schema=PROFILE_SCHEMA,
         redis=redis_for(settings),
+        agent_id=agent.agent_id,
     )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     updated = parse_json_object(completion.text)

@@ -87,6 +87,7 @@ def complete_json(
     name: str,
     schema: dict[str, Any],
     redis: Redis | None = None,
+    agent_id: str | None = None,
 ) -> llm.Completion:
     """Ask for one JSON object fitting `schema` the strongest way the endpoint accepts (see module doc).
 
@@ -100,7 +101,11 @@ def complete_json(
     for index, kind in enumerate(kinds):
         try:
             completion = llm.complete(
-                settings, model=model, messages=messages, response_format=response_format(kind, name, schema)
+                settings,
+                model=model,
+                messages=messages,
+                response_format=response_format(kind, name, schema),
+                agent_id=agent_id,
             )
         except PermanentError as exc:
             if kind == INSTRUCTIONS_ONLY or not refused_format(exc):

@@ -15,7 +15,7 @@ import logging
 from flask import current_app
 from redis import RedisError
 
-from gateway.agent import llm
+from gateway.agent import llm, tools
 from gateway.agent.memory import schedule_after_turn
 from gateway.api.chats import CHAT_ID
 from gateway.api.concurrency import Semaphore, SlotsBusy
@@ -24,7 +24,7 @@ from gateway.api.errors import ApiError, conflict, not_found
 from gateway.api.schemas import CompletionRequest, CompletionResponse, is_id
 from gateway.api.serializers import message_out
 from gateway.config import Settings
-from gateway.conversations import answering
+from gateway.conversations import answering, tool_actions
 from gateway.errors import GatewayError
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, utcnow
@@ -82,15 +82,17 @@ def record_user_turn(chat: Chat, content: str, settings: Settings) -> tuple[Mess
     return user_message, messages
 
 
-def record_agent_turn(chat_id: str, user_message: Message, completion: llm.Completion) -> Message:
-    """Store the agent's answer with what it cost."""
+def record_agent_turn(
+    chat_id: str, user_message: Message, completion: llm.Completion, tool_calls: list[dict] | None = None
+) -> Message:
+    """Store the agent's answer with what it cost and the tool calls made on the way."""
     with database.connection_context():
         now = utcnow()
         with database.atomic():
             # API chats are never held by an operator: this only marks the chat active.
             answering.lock_unheld_chat(chat_id, now)
             [row] = answering.answer_rows(
-                chat_id, [completion.text], completion, now, reply_to=user_message.id
+                chat_id, [completion.text], completion, now, reply_to=user_message.id, tool_calls=tool_calls
             )
             return Message.create(**row)
 
@@ -114,7 +116,9 @@ def run_completion(chat: Chat, content: str, settings: Settings) -> Message:
     user_message, messages = record_user_turn(chat, content, settings)
     database.close()  # the model can take seconds: hold no connection meanwhile
     try:
-        completion = answering.ask_with_retries(settings, chat.agent, chat, messages)
+        # The agent's tools are offered; each round of the tool-call loop is one model call with
+        # the agent's retries.
+        run = answering.answer_with_tools(settings, chat.agent, chat, messages, retries=True)
     except answering.BudgetExhausted as exc:
         raise budget_spent(exc, recorded=True) from exc
     except GatewayError as exc:
@@ -124,7 +128,18 @@ def run_completion(chat: Chat, content: str, settings: Settings) -> Message:
             "model_error",
             f"The model did not answer: {exc.reason} The user's message is recorded.",
         ) from exc
-    return record_agent_turn(chat.chat_id, user_message, completion)
+    message = record_agent_turn(chat.chat_id, user_message, run.completion, run.calls)
+    action = tools.requested_action(run.calls)
+    if action is not None:
+        # The answer is stored; end the chat or announce the hand-off, as the model asked.
+        tool_actions.perform(
+            settings,
+            current_app.task_queue,  # type: ignore[attr-defined]
+            chat.chat_id,
+            action,
+            {"message_id": f"msg_{message.id}", "role": message.role, "content": message.content},
+        )
+    return message
 
 
 def take_slot(semaphore: Semaphore, chat: Chat) -> str:

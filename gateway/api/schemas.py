@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
 from gateway.agent.text import SMS_MAX_CHARS
+from gateway.agent.tools import Tool, Tools
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
 from gateway.storage.models import Channel, ChatStatus, ChatType, MessageKind, MessageStatus, ReplyState, Role
@@ -246,7 +247,9 @@ class SendingHours(Body):
 
 
 # gateway/events.py's EVENTS (tests/test_events.py checks they agree).
-EventName = Literal["chat_started", "chat_ended", "chat_analyzed", "message_received", "message_status"]
+EventName = Literal[
+    "chat_started", "chat_ended", "chat_analyzed", "chat_handoff", "message_received", "message_status"
+]
 
 
 def _unique_events(events: list[str] | None) -> list[str] | None:
@@ -354,8 +357,8 @@ class AgentSettings(Body):
     webhook_events: Annotated[
         list[EventName] | None,
         Field(
-            max_length=5,
-            description="The events sent; null: chat_started, chat_ended and chat_analyzed.",
+            max_length=6,
+            description="The events sent; null: chat_started, chat_ended, chat_analyzed and chat_handoff.",
         ),
         AfterValidator(_unique_events),
     ] = column_default(A.webhook_events)
@@ -375,6 +378,7 @@ class AgentSettings(Body):
             "own dynamic_variables win. A variable with no value is left out of the prompt."
         ),
     ] = Field(default_factory=dict)
+    tools: Tools = Field(default_factory=list)
 
 
 class AgentCreate(AgentSettings):
@@ -396,6 +400,7 @@ class Agent(AgentSettings, Out):
 
     agent_id: Id
     analysis_fields: list[AnalysisField]
+    tools: list[Tool]
     webhook_secret: SkipJsonSchema[str | None] = Field(None, exclude=True)  # write-only
     webhook_secret_set: Annotated[bool, Field(description="True when the agent has its own webhook_secret.")]
     is_default: Annotated[
@@ -570,6 +575,32 @@ class Media(Out):
     content_type: str | None = None
 
 
+class ToolCallRecord(Out):
+    """One tool call the model made while writing an answer."""
+
+    id: Annotated[str, Field(description="The model's id of the call.")]
+    name: Annotated[
+        str, Field(description="The tool called (a function's name, `end_chat`, `handoff_to_human`).")
+    ]
+    arguments: Annotated[
+        JsonObject | str,
+        Field(description="The arguments the model gave (as it wrote them when not a JSON object)."),
+    ]
+    round: Annotated[int, Field(ge=1, description="Which round of tool calls of the turn.")]
+    outcome: Annotated[
+        Literal["ok", "error", "timeout", "refused", "failed", "bad_arguments", "unknown_tool"],
+        Field(
+            description="ok; error (the tool answered a non-2xx status); timeout; refused (its URL is not "
+            "allowed, e.g. a private address); failed (it could not be reached); bad_arguments; unknown_tool."
+        ),
+    ]
+    result: Annotated[
+        str, Field(description='What the model was told: the tool\'s answer, or {"error": "..."}.')
+    ]
+    status_code: Annotated[int | None, Field(description="The tool's HTTP status; null: no answer.")]
+    duration_ms: Annotated[int, Field(ge=0)]
+
+
 class Message(Out):
     """A message in a chat; `status` and `error_code` are null outside SMS."""
 
@@ -603,6 +634,13 @@ class Message(Out):
             description="An inbound text: `pending` (being answered), `answered`, `none` (needs no answer), "
             "`failed`, or over a spend cap, `rate_limited` / `budget_exhausted` (no model call was made). "
             "Null for other messages."
+        ),
+    ] = None
+    tool_calls: Annotated[
+        list[ToolCallRecord] | None,
+        Field(
+            description="The agent's answer: the tools the model called on the way to it, in order, with "
+            "what each answered (on an SMS reply, on its first part). Null: no tool was called."
         ),
     ] = None
 

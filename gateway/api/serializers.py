@@ -52,6 +52,7 @@ def agent_out(agent: Agent) -> schemas.Agent:
             analysis_fields=agent.analysis_fields or [],
             webhook_secret_set=bool(agent.webhook_secret),
             default_dynamic_variables=agent.default_dynamic_variables or {},
+            tools=agent.tools or [],
         )
     )
 
@@ -78,7 +79,13 @@ def public_status(status: str | None) -> str | None:
 def message_out(message: Message) -> schemas.Message:
     """A message in a chat; `status` and `error_code` are null outside SMS."""
     return schemas.Message.model_validate(
-        columns(message, schemas.Message, media=message.media or [], status=public_status(message.status))
+        columns(
+            message,
+            schemas.Message,
+            media=message.media or [],
+            status=public_status(message.status),
+            tool_calls=message.tool_calls or None,
+        )
     )
 
 

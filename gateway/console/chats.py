@@ -4,6 +4,7 @@ transcript, its media served to signed-in operators, ending a chat, and human ta
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
@@ -111,9 +112,23 @@ def transcript(chat: Chat) -> list[dict]:
                 if isinstance(item, dict)
             ],
             "tokens": (m.prompt_tokens or 0) + (m.completion_tokens or 0),
+            "tool_calls": [tool_call_line(c) for c in m.tool_calls or [] if isinstance(c, dict)],
         }
         for m in rows
     ]
+
+
+def tool_call_line(call: dict) -> dict:
+    """One tool call the agent made, as the transcript shows it: name, arguments, outcome, answer."""
+    arguments = call.get("arguments")
+    return {
+        "name": str(call.get("name", "")),
+        "arguments": json.dumps(arguments, ensure_ascii=False)
+        if isinstance(arguments, dict)
+        else str(arguments),
+        "outcome": str(call.get("outcome", "")),
+        "result": str(call.get("result", ""))[:500],
+    }
 
 
 def speaker(message: Message) -> str:

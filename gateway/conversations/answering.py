@@ -24,7 +24,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from gateway.agent import llm, spend
+from gateway.agent import llm, spend, tools
 from gateway.agent.prompt import build_messages
 from gateway.config import Settings
 from gateway.errors import GatewayError, PermanentError, TransientError
@@ -68,12 +68,18 @@ def check_budget(settings: Settings, agent: Agent) -> None:
 
 
 def ask(
-    settings: Settings, agent: Agent, chat: Chat | None, messages: list[dict[str, Any]]
+    settings: Settings,
+    agent: Agent,
+    chat: Chat | None,
+    messages: list[dict[str, Any]],
+    offered: list[dict[str, Any]] | None = None,
+    tool_choice: str = "auto",
 ) -> llm.Completion:
     """One model call for `chat` with the agent's model settings; its tokens are counted.
 
-    Every model call of a conversation turn goes through here (a tool loop wraps this function),
-    so the token budgets see every call. No database connection is needed or held.
+    Every model call of a conversation turn goes through here (the tool loop, `answer_with_tools`,
+    wraps this function, offering the agent's tools as `offered`), so the token budgets see every
+    call. No database connection is needed or held.
     """
     completion = llm.complete(
         settings,
@@ -81,6 +87,9 @@ def ask(
         messages=messages,
         temperature=agent.temperature,
         max_tokens=agent.max_tokens,
+        tools=offered,
+        tool_choice=tool_choice,
+        agent_id=agent.agent_id,
     )
     spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     return completion
@@ -93,7 +102,12 @@ def retry_sleep(retry_delay: float, attempt: int) -> float:
 
 
 def ask_with_retries(
-    settings: Settings, agent: Agent, chat: Chat | None, messages: list[dict[str, Any]]
+    settings: Settings,
+    agent: Agent,
+    chat: Chat | None,
+    messages: list[dict[str, Any]],
+    offered: list[dict[str, Any]] | None = None,
+    tool_choice: str = "auto",
 ) -> llm.Completion:
     """`ask`, with TransientError retried `agent.retry_attempts` times in process (PermanentError not).
 
@@ -103,7 +117,7 @@ def ask_with_retries(
     attempt = 0
     while True:
         try:
-            return ask(settings, agent, chat, messages)
+            return ask(settings, agent, chat, messages, offered, tool_choice)
         except TransientError as exc:
             if attempt >= agent.retry_attempts:
                 raise
@@ -117,6 +131,30 @@ def ask_with_retries(
             slept += delay
             attempt += 1
             check_budget(settings, agent)
+
+
+def answer_with_tools(
+    settings: Settings,
+    agent: Agent,
+    chat: Chat | None,
+    messages: list[dict[str, Any]],
+    *,
+    retries: bool = False,
+) -> tools.ToolRun:
+    """The turn's answer: the model offered the agent's tools (gateway/agent/tools.py runs the calls),
+    each round one `ask` (`ask_with_retries` with `retries`, for a caller holding an HTTP request).
+
+    Without a chat (nobody to tell a tool about) or without tools, it is one model call.
+    """
+    chat_ref = tools.ChatRef.of(chat) if chat is not None else None
+    one_call = ask_with_retries if retries else ask
+    return tools.run(
+        settings,
+        agent,
+        chat_ref,
+        messages,
+        call=lambda turn, offered, choice: one_call(settings, agent, chat, turn, offered, choice),
+    )
 
 
 def falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:
@@ -177,11 +215,12 @@ def answer_rows(
     to_number: str | None = None,
     media: list[dict] | None = None,
     details: dict | None = None,
+    tool_calls: list[dict] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of one stored agent message, one per part (an API answer is one part).
 
-    The first part carries the model's usage (and any media or template details), so a reply's
-    cost is counted once however many SMS parts it became.
+    The first part carries the model's usage, the tool calls made on the way (and any media or
+    template details), so a reply's cost is counted once however many SMS parts it became.
     """
     first = completion if completion is not None else llm.Completion("")
     return [
@@ -199,6 +238,7 @@ def answer_rows(
             "part_index": index,
             "prompt_tokens": first.prompt_tokens if index == 0 else None,
             "completion_tokens": first.completion_tokens if index == 0 else None,
+            "tool_calls": (tool_calls or None) if index == 0 else None,
             "created_at": now,
             "updated_at": now,
         }

@@ -215,7 +215,8 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
         if prompt is not None:
             answering.check_budget(settings, agent)
             prompt.append({"role": "user", "content": OPENING_INSTRUCTION})
-            completion, texts = ask_for_sms(settings, agent, chat, prompt)
+            run, texts = ask_for_sms(settings, agent, chat, prompt)  # no tools: nobody asked anything yet
+            completion = run.completion
             with database.connection_context(), database.atomic():
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from peewee import InterfaceError, OperationalError
 
 from gateway import metrics
-from gateway.agent import llm, spend
+from gateway.agent import llm, spend, tools
 from gateway.agent.text import split_sms, to_plain_text, to_whatsapp_text
 from gateway.config import Settings
 from gateway.conversations import answering
@@ -100,6 +100,10 @@ class ReplyOutcome:
     message_id: int
     parts_sent: int = 0
     covered: tuple[int, ...] = ()
+    # The built-in tool call (end_chat, handoff_to_human) the reply ended with, as stored: the
+    # caller does what it asks (gateway/conversations/tool_actions.py) now that the reply is out.
+    action: dict | None = None
+    reply_message_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,16 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                 # No connection is held while media downloads and the model thinks.
                 prompt = media.resolve_images(settings, prompt)
                 completion: llm.Completion | None = None
+                calls: list[dict] = []
                 try:
-                    completion, parts = ask_for_sms(settings, agent, chat, prompt)
+                    run, parts = ask_for_sms(settings, agent, chat, prompt, with_tools=True)
+                    completion, calls = run.completion, run.calls
+                    if not parts:  # a built-in tool call with nothing to say: no reply goes out
+                        silent = _store_silent_action(target, newest, run)
+                        if silent is None:
+                            return ReplyOutcome("skipped", message_id)
+                        outcome = "held" if run.action == tools.HANDOFF else "answered"
+                        return ReplyOutcome(outcome, message_id, 0, tuple(covered), *silent)
                 except GatewayError as exc:
                     if not answering.falls_back(agent, exc, last_attempt):
                         raise
@@ -199,8 +211,10 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                         "model failed for good in chat %s (%s); sending the fallback", target.chat_id, exc
                     )
                     parts = split_sms(answering.fallback_text(agent), max_parts=reply_parts_cap(agent))
-                    completion, model_failure = None, exc
-                anchor, stored = _store_parts(target, newest, parts, completion, failure=model_failure)
+                    completion, model_failure, calls = None, exc, []
+                anchor, stored = _store_parts(
+                    target, newest, parts, completion, failure=model_failure, tool_calls=calls
+                )
                 if stored == HELD:  # an operator took the chat over while the model was thinking
                     return ReplyOutcome("held", message_id, covered=tuple(covered))
                 if anchor is None:  # answered by another attempt meanwhile
@@ -213,11 +227,19 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
             sent += _send_unsent_parts(settings, target, anchor)
             with database.connection_context():
                 fell_back = _finish_reply(covered)
+                first_part = _first_part(anchor)
             if model_failure is not None:
                 raise model_failure  # the person has the fallback; RQ records the model's failure
             if anchor >= message_id:
                 outcome = "fallback" if fell_back else "answered"
-                return ReplyOutcome(outcome, message_id, sent, tuple(covered))
+                return ReplyOutcome(
+                    outcome,
+                    message_id,
+                    sent,
+                    tuple(covered),
+                    tools.requested_action(first_part.tool_calls if first_part else None),
+                    first_part.id if first_part else None,
+                )
     except PermanentError as exc:
         _record_failure(covered, exc)
         raise
@@ -234,19 +256,22 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
 
 
 def ask_for_sms(
-    settings: Settings, agent: Agent, chat: Chat, prompt: list[dict]
-) -> tuple[llm.Completion, list[str]]:
+    settings: Settings, agent: Agent, chat: Chat, prompt: list[dict], *, with_tools: bool = False
+) -> tuple[tools.ToolRun, list[str]]:
     """The agent's answer to `prompt`, as parts formatted for the chat's channel (empty: transient).
 
-    SMS gets plain text; WhatsApp gets the markdown in WhatsApp's own formatting.
+    SMS gets plain text; WhatsApp gets the markdown in WhatsApp's own formatting. `with_tools`
+    offers the agent's tools (answering.answer_with_tools); a hand-off to a human may come with no
+    text (and end_chat with no closing text): then there are no parts.
     """
-    completion = answering.ask(settings, agent, chat, prompt)
+    run = answering.answer_with_tools(settings, agent, chat if with_tools else None, prompt)
+    completion = run.completion
     render = to_whatsapp_text if chat.channel == Channel.WHATSAPP.value else to_plain_text
     text = render(completion.text) or completion.text.strip()
     parts = split_sms(text, max_parts=reply_parts_cap(agent))
-    if not parts:
+    if not parts and run.action is None:
         raise TransientError("The model's answer was empty once formatted for SMS.", "empty_response")
-    return completion, parts
+    return run, parts
 
 
 def reply_parts_cap(agent: Agent) -> int:
@@ -294,6 +319,7 @@ def _store_parts(
     completion: llm.Completion | None,
     *,
     failure: GatewayError | None = None,
+    tool_calls: list[dict] | None = None,
 ) -> tuple[int | None, str]:
     """Store the reply's parts in one transaction; return (the message they answer, what happened).
 
@@ -334,9 +360,51 @@ def _store_parts(
             status=MessageStatus.QUEUED.value,
             from_number=target.our_number,
             to_number=target.their_number,
+            tool_calls=tool_calls,
         )
         Message.insert_many(rows).execute()
     return message_id, STORED
+
+
+def _store_silent_action(target: SmsTarget, message_id: int, run: tools.ToolRun) -> tuple[dict, int] | None:
+    """The model ended the chat or handed it to a human and wrote nothing: keep its tool calls on
+    an agent message with no text (nothing is sent) and mark the waiting texts as needing no reply,
+    in one transaction. Returns (the built-in call, that message's id); None when there is nothing
+    to do (another attempt answered meanwhile, or an operator holds the chat already)."""
+    now = utcnow()
+    with database.connection_context(), write_transaction():
+        if not answering.lock_unheld_chat(target.chat_id, now):
+            answering.drop_for_operator(target.chat_id, message_id, now)
+            return None
+        if _stored_reply_anchor(target.chat_id) is not None:
+            return None
+        if (
+            Message.select(Message.reply_state).where(Message.id == message_id).scalar()
+            != ReplyState.PENDING.value
+        ):
+            return None
+        [row] = answering.answer_rows(
+            target.chat_id,
+            [""],
+            run.completion,
+            now,
+            reply_to=message_id,
+            kind=MessageKind.NOTICE,  # no words of the agent's: the model never reads it
+            tool_calls=run.calls,
+        )
+        record_id = Message.insert(row).execute()
+        _set_reply_state(_pending_ids(target.chat_id, upto=message_id), ReplyState.NONE)
+    return tools.requested_action(run.calls), record_id
+
+
+def _first_part(anchor: int) -> Message | None:
+    """The first part of the reply to `anchor` (its id and the tool calls stored on it)."""
+    return (
+        Message.select(Message.id, Message.tool_calls)
+        .where((Message.reply_to == anchor) & (Message.role == Role.AGENT.value))
+        .order_by(Message.part_index, Message.id)
+        .first()
+    )
 
 
 # What `send_parts` reads of a stored part.

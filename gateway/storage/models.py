@@ -130,7 +130,8 @@ class Agent(BaseModel):
     webhook_url = TextField(null=True)
     webhook_events = JSONField(null=True)
     webhook_secret = TextField(null=True)
-    # Reserved for agent tools (function tools, end_chat, handoff_to_human): nothing reads it yet.
+    # Agent tools (gateway/agent/tools.py declares the shape): function tools and the built-ins
+    # end_chat and handoff_to_human. None or []: no tools.
     tools = JSONField(null=True)
     # Bounds on one reply: the model's max_tokens, and how many SMS parts it may become.
     max_tokens = IntegerField(default=1024)
@@ -254,7 +255,8 @@ class Message(BaseModel):
     claimed_by = CharField(max_length=120, null=True)
     prompt_tokens = IntegerField(null=True)
     completion_tokens = IntegerField(null=True)
-    # Reserved for agent tools: the tool calls a reply made, with their results; nothing writes it yet.
+    # An agent message: the tool calls the model made on the way to it, with what each answered
+    # (gateway/agent/tools.py `run`); on an SMS reply, on its first part.
     tool_calls = JSONField(null=True)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)

@@ -2,10 +2,15 @@
 
 Point the real client at it: ``OpenAI(base_url=fake.url + "/v1", api_key="sk-test")``.
 Serves POST /v1/chat/completions (no streaming: ``stream: true`` gets a 400) and GET /v1/models.
+Tool calls are scripted with ``queue_tool_calls``: the answer is shaped like OpenAI's
+(``finish_reason: "tool_calls"``, ``message.tool_calls[{id, type: "function", function: {name,
+arguments}}]`` with the arguments as a JSON string), and ``tool_results(request)`` reads the
+``tool`` messages a follow-up request carries.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -67,6 +72,23 @@ def echo(request_json: dict[str, Any]) -> str:
     return f"Echo: {last_user_text(request_json)}"
 
 
+def tool_results(request_json: dict[str, Any]) -> dict[str, str]:
+    """The `tool` messages of a request: {tool_call_id: content}."""
+    return {
+        m.get("tool_call_id"): content_text(m.get("content"))
+        for m in request_json.get("messages") or []
+        if isinstance(m, dict) and m.get("role") == "tool"
+    }
+
+
+@dataclass
+class ToolCallsReply:
+    """A scripted answer asking for tools: [(name, arguments dict or raw JSON text)], optional text."""
+
+    calls: list[tuple[str, Any]]
+    content: str | None = None
+
+
 @dataclass
 class _Failure:
     """A scripted error answer."""
@@ -94,7 +116,7 @@ class FakeModel(LoopbackServer):
         # Others get the 400 a server without them answers (llama.cpp, older vLLM, some proxies).
         self.accepted_formats: set[str] | None = None
         self._fixed_reply: str | None = None
-        self._queued: deque[str] = deque()
+        self._queued: deque[str | ToolCallsReply] = deque()
         self._failures: deque[_Failure] = deque()
         self._cond = threading.Condition()
         # Random faults (fault tests): this share of requests fails with a 5xx, or hangs for
@@ -115,6 +137,11 @@ class FakeModel(LoopbackServer):
         """Answer the next requests with these texts, in order, then fall back to the usual reply."""
         with self._cond:
             self._queued.extend(replies)
+
+    def queue_tool_calls(self, *calls: tuple[str, Any], content: str | None = None) -> None:
+        """Answer the next request that offers tools by calling these tools (name, arguments) at once."""
+        with self._cond:
+            self._queued.append(ToolCallsReply(list(calls), content))
 
     def fail_next(
         self, status: int = 500, times: int = 1, body: dict[str, Any] | str | bytes | None = None
@@ -220,11 +247,28 @@ class FakeModel(LoopbackServer):
         refusal = self._refuse_format(body.get("response_format"))
         if refusal is not None:
             return refusal
-        text = self._reply_for(body)
+        reply = self._reply_for(body)
         prompt_tokens = sum(
             count_tokens(content_text(m.get("content"))) for m in body["messages"] if isinstance(m, dict)
         )
-        completion_tokens = count_tokens(text)
+        message: dict[str, Any] = {"role": "assistant", "content": reply, "refusal": None, "annotations": []}
+        if isinstance(reply, ToolCallsReply):
+            message["content"] = reply.content
+            message["tool_calls"] = [
+                {
+                    "id": "call_" + uuid.uuid4().hex[:24],
+                    "type": "function",
+                    "function": {
+                        "name": name,
+                        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                    },
+                }
+                for name, arguments in reply.calls
+            ]
+        completion_tokens = count_tokens(message["content"] or "") + sum(
+            count_tokens(c["function"]["name"] + " " + c["function"]["arguments"])
+            for c in message.get("tool_calls", [])
+        )
         return Response.json(
             200,
             {
@@ -235,9 +279,9 @@ class FakeModel(LoopbackServer):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
                     }
                 ],
                 "usage": {
@@ -279,11 +323,18 @@ class FakeModel(LoopbackServer):
                 self._failures.popleft()
             return failure
 
-    def _reply_for(self, body: dict[str, Any]) -> str:
-        """Queued reply first, then the fixed reply, then the responder, then the echo."""
+    def _reply_for(self, body: dict[str, Any]) -> str | ToolCallsReply:
+        """Queued reply first, then the fixed reply, then the responder, then the echo.
+
+        A queued tool-call script answers only a request that offers tools (and does not say
+        `tool_choice: "none"`), as a real server would; others get the next text.
+        """
+        offers_tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
         with self._cond:
-            if self._queued:
-                return self._queued.popleft()
+            for index, queued in enumerate(self._queued):
+                if isinstance(queued, str) or offers_tools:
+                    del self._queued[index]
+                    return queued
             fixed, responder = self._fixed_reply, self.responder
         if fixed is not None:
             return fixed
