@@ -12,7 +12,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import metrics
 from gateway.agent import spend, tools
-from gateway.conversations import answering
+from gateway.conversations import answering, replies
 from gateway.queue import redis_for
 from gateway.storage.models import Agent, Chat, Message, utcnow
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
@@ -22,6 +22,7 @@ from tests.fakes.receiver import Receiver
 from tests.payloads import PERSON, inbound_sms
 from tests.test_console import sign_in
 from tests.test_events import readme_verify
+from tests.test_reply_job import inbound, make_chat
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
 SECRET = "whsec_tools_0123456789abcdef"
@@ -187,7 +188,14 @@ def test_the_console_form_edits_tools(client):
 
 def test_one_tool_signed_answer_given_back_to_the_model(app, settings, fake_model, tool_server):
     verify = readme_verify()
-    tool_server.answer = lambda request: Response.json(200, {"status": "shipped", "eta": "tomorrow"})
+
+    def answer(request):
+        """The tool server checks the signature as the README shows, and refuses a forgery."""
+        if not verify(SECRET, request.headers.get("x-smsgw-signature", ""), request.body):
+            return Response.json(401, {"error": "bad signature"})
+        return Response.json(200, {"status": "shipped", "eta": "tomorrow"})
+
+    tool_server.answer = answer
     fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
     fake_model.queue_replies(["Order 981 arrives tomorrow."])
     agent = agent_with(function_tool(tool_server), agent_id="agent_one_tool")
@@ -549,6 +557,21 @@ def test_sms_end_chat_with_nothing_to_say_ends_it_silently(client, worker, fake_
     assert fake_twilio.messages == []
 
 
+def test_a_call_signed_with_another_secret_is_refused_by_the_tool(app, settings, fake_model, tool_server):
+    verify = readme_verify()
+    tool_server.answer = lambda request: Response.json(
+        200 if verify(SECRET, request.headers.get("x-smsgw-signature", ""), request.body) else 401, {}
+    )
+    fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
+    fake_model.queue_replies(["I could not check."])
+    agent = agent_with(function_tool(tool_server))
+    agent.webhook_secret = "whsec_someone_else_0123456789"
+
+    run = turn(settings, agent)
+
+    assert [(r["outcome"], r["status_code"]) for r in run.calls] == [("error", 401)]
+
+
 def test_spend_counts_every_round(app, settings, fake_model, tool_server):
     fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
     fake_model.queue_replies(["Done."])
@@ -562,3 +585,24 @@ def test_spend_counts_every_round(app, settings, fake_model, tool_server):
     assert (
         int(redis_for(settings).get(key)) == run.completion.prompt_tokens + run.completion.completion_tokens
     )
+
+
+def test_a_retried_reply_job_still_does_the_action_its_reply_asked_for(configured, fake_model, fake_twilio):
+    """The worker died after the closing text went out and before the chat was ended: the retried
+    job finds the text answered, and still ends the chat (once)."""
+    from workers import jobs
+
+    chat = make_chat(tools=[{"type": "end_chat"}])
+    text = inbound(chat, "thanks, that's all")
+    fake_model.queue_tool_calls(("end_chat", {"closing_text": "Bye!"}))
+
+    first = replies.answer_message(configured, text.id)  # the job's work, without its action
+    assert first.outcome == "answered" and first.action["name"] == "end_chat"
+    assert Chat.get_by_id(chat.chat_id).chat_status == "ongoing"
+
+    retried = jobs.reply_to_message(text.id)  # RQ runs the job again
+
+    assert retried["outcome"] == "skipped"
+    ended = Chat.get_by_id(chat.chat_id)
+    assert (ended.chat_status, ended.end_reason) == ("ended", "agent")
+    assert [m["Body"] for m in fake_twilio.messages] == ["Bye!"] and len(fake_model.requests) == 1

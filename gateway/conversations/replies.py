@@ -138,7 +138,18 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
             with database.connection_context():
                 message = Message.get_or_none(Message.id == message_id)
                 if message is None or message.reply_state != ReplyState.PENDING.value:
-                    return ReplyOutcome("answered" if sent else "skipped", message_id, sent, tuple(covered))
+                    # Answered already. A retry of an attempt that died after sending the reply
+                    # but before doing its end_chat/handoff still gets that action (it is idempotent).
+                    reply = _covering_reply(message) if message is not None and not sent else None
+                    action = tools.requested_action(reply.tool_calls) if reply is not None else None
+                    return ReplyOutcome(
+                        "answered" if sent else "skipped",
+                        message_id,
+                        sent,
+                        tuple(covered),
+                        action,
+                        reply.id if action is not None else None,
+                    )
                 chat = Chat.get_by_id(message.chat_id)
                 agent = Agent.get_by_id(chat.agent_id)
                 if chat.chat_type != ChatType.SMS.value or not (chat.from_number and chat.to_number):
@@ -395,6 +406,32 @@ def _store_silent_action(target: SmsTarget, message_id: int, run: tools.ToolRun)
         record_id = Message.insert(row).execute()
         _set_reply_state(_pending_ids(target.chat_id, upto=message_id), ReplyState.NONE)
     return tools.requested_action(run.calls), record_id
+
+
+def _covering_reply(message: Message) -> Message | None:
+    """The first part of the agent's reply that answered an inbound message (None: there is none).
+
+    A text left without reply (`none`) counts only when the reply is a silent end_chat/handoff
+    record: texts that arrived while an operator held the chat were answered by no agent reply.
+    """
+    if message.role != Role.USER.value or message.reply_state not in (
+        ReplyState.ANSWERED.value,
+        ReplyState.NONE.value,
+    ):
+        return None
+    reply = (
+        Message.select(Message.id, Message.content, Message.tool_calls)
+        .where(
+            (Message.chat == message.chat_id)
+            & (Message.role == Role.AGENT.value)
+            & (Message.reply_to >= message.id)
+        )
+        .order_by(Message.reply_to, Message.part_index, Message.id)
+        .first()
+    )
+    if reply is not None and message.reply_state == ReplyState.NONE.value and reply.content:
+        return None
+    return reply
 
 
 def _first_part(anchor: int) -> Message | None:
