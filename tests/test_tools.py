@@ -19,7 +19,7 @@ from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 from tests.fakes.http import Response
 from tests.fakes.model import content_text, count_tokens, tool_results
 from tests.fakes.receiver import Receiver
-from tests.payloads import PERSON, inbound_sms
+from tests.payloads import PERSON, WHATSAPP_OUR, WHATSAPP_PERSON, inbound_sms, inbound_whatsapp
 from tests.test_console import sign_in
 from tests.test_events import readme_verify
 from tests.test_reply_job import inbound, make_chat
@@ -606,3 +606,36 @@ def test_a_retried_reply_job_still_does_the_action_its_reply_asked_for(configure
     ended = Chat.get_by_id(chat.chat_id)
     assert (ended.chat_status, ended.end_reason) == ("ended", "agent")
     assert [m["Body"] for m in fake_twilio.messages] == ["Bye!"] and len(fake_model.requests) == 1
+
+
+def test_whatsapp_tool_call_and_handoff(client, configured, fake_model, fake_twilio, tool_server):
+    """On WhatsApp the same loop runs: a tool, then a hand-off; the reply goes back on WhatsApp."""
+    from workers import jobs
+
+    tool_server.answer = lambda request: Response.json(200, {"open": "9-17"})
+    client.patch(
+        "/v1/agents/agent_default",
+        json={"tools": [function_tool(tool_server, name="opening_hours"), {"type": "handoff_to_human"}]},
+        headers=AUTH,
+    )
+    fake_model.queue_tool_calls(("opening_hours", {}))
+    fake_model.queue_tool_calls(
+        ("handoff_to_human", {"reason": "wants a table for 20"}),
+        content="We open 9-17; a colleague will confirm your table.",
+    )
+
+    post_twilio(client, "/twilio/sms", inbound_whatsapp("Can I book for 20 people?"))
+    message = Message.get(Message.content == "Can I book for 20 people?")
+    jobs.reply_to_message(message.id)
+
+    [sent] = fake_twilio.messages
+    assert (sent["From"], sent["To"]) == (WHATSAPP_OUR, WHATSAPP_PERSON)
+    assert sent["Body"].startswith("We open 9-17")
+    chat = Chat.get_by_id(message.chat_id)
+    assert chat.channel == "whatsapp" and chat.operator_held_at is not None
+    [reply] = [
+        m
+        for m in client.get(f"/v1/chats/{chat.chat_id}", headers=AUTH).get_json()["messages"]
+        if m["role"] == "agent"
+    ]
+    assert [c["name"] for c in reply["tool_calls"]] == ["opening_hours", "handoff_to_human"]

@@ -367,7 +367,8 @@ class AgentSettings(Body):
         Field(
             min_length=16,
             max_length=200,
-            description="Write-only: the secret signing this agent's deliveries (X-Smsgw-Signature); null: "
+            description="Write-only: the secret signing this agent's deliveries and tool calls "
+            "(X-Smsgw-Signature); null: "
             "EVENTS_WEBHOOK_SECRET. Responses show only `webhook_secret_set`.",
         ),
     ] = column_default(A.webhook_secret)
