@@ -20,7 +20,7 @@ from tests.fakes.http import Response
 from tests.fakes.model import content_text, count_tokens, tool_results
 from tests.fakes.receiver import Receiver
 from tests.payloads import PERSON, WHATSAPP_OUR, WHATSAPP_PERSON, inbound_sms, inbound_whatsapp
-from tests.test_console import sign_in
+from tests.test_console import csrf_from, sign_in
 from tests.test_events import readme_verify
 from tests.test_reply_job import inbound, make_chat
 
@@ -139,20 +139,20 @@ def test_tools_are_part_of_the_agent_and_validated(client, tool_server):
     refusals = [
         ([{"type": "end_chat"}, {"type": "end_chat"}], "tools", "listed twice"),
         ([function_tool(tool_server), function_tool(tool_server)], "tools", "listed twice"),
-        ([function_tool(tool_server, name="end_chat")], "tools[0].function.name", "built-in"),
-        ([function_tool(tool_server, name="look up")], "tools[0].function.name", "pattern"),
-        ([function_tool(tool_server, url="ftp://example.com/x")], "tools[0].function.url", ""),
-        ([function_tool(tool_server, url="https://u:p@example.com/x")], "tools[0].function.url", ""),
-        ([function_tool(tool_server, timeout_ms=60_000)], "tools[0].function.timeout_ms", "30000"),
-        ([function_tool(tool_server, timeout_ms=10)], "tools[0].function.timeout_ms", "100"),
+        ([function_tool(tool_server, name="end_chat")], "tools[0].name", "built-in"),
+        ([function_tool(tool_server, name="look up")], "tools[0].name", "pattern"),
+        ([function_tool(tool_server, url="ftp://example.com/x")], "tools[0].url", ""),
+        ([function_tool(tool_server, url="https://u:p@example.com/x")], "tools[0].url", ""),
+        ([function_tool(tool_server, timeout_ms=60_000)], "tools[0].timeout_ms", "30000"),
+        ([function_tool(tool_server, timeout_ms=10)], "tools[0].timeout_ms", "100"),
         (
             [function_tool(tool_server, parameters={"type": "string"})],
-            "tools[0].function.parameters",
+            "tools[0].parameters",
             "object",
         ),
-        ([{"type": "function", "name": "x"}], "tools[0].function.url", "required"),
+        ([{"type": "function", "name": "x"}], "tools[0].url", "required"),
         ([{"type": "send_money"}], "tools[0]", ""),
-        ([{"type": "end_chat", "url": "https://example.com"}], "tools[0].end_chat.url", ""),
+        ([{"type": "end_chat", "url": "https://example.com"}], "tools[0].url", ""),
         (
             [{"type": "end_chat"}] + [function_tool(tool_server, name=f"t{i}") for i in range(20)],
             "tools",
@@ -176,11 +176,32 @@ def test_the_openapi_document_declares_tools_and_tool_calls(client):
     assert set(schemas["ToolCallRecord"]["required"]) >= {"id", "name", "arguments", "outcome", "result"}
 
 
-def test_the_console_form_edits_tools(client):
-    from gateway.console.agents import form_fields
+def test_the_console_form_edits_tools(client, tool_server):
+    from gateway.console.agents import form_fields, shown_value
+    from gateway.conversations.agents import default_agent
 
     [field] = [f for f in form_fields() if f["name"] == "tools"]
     assert field["kind"] == "json"
+    sign_in(client)
+    page = client.get("/console/agents/agent_default").get_data(as_text=True)
+    form = {"csrf_token": csrf_from(page)}
+    agent = default_agent()
+    for f in form_fields():  # the form as the browser posts it
+        value = shown_value(agent, f)
+        if f["kind"] == "checkbox":
+            if value:
+                form[f["name"]] = "on"
+        else:
+            form[f["name"]] = "" if value is None else str(value)
+
+    form["tools"] = json.dumps([{"type": "end_chat"}, function_tool(tool_server, name="look up")])
+    refused = client.post("/console/agents/agent_default", data=form)
+    assert refused.status_code == 422 and "tools[1].name" in refused.get_data(as_text=True)
+
+    form["tools"] = json.dumps([{"type": "end_chat"}, function_tool(tool_server)])
+    saved = client.post("/console/agents/agent_default", data=form)
+    assert saved.status_code == 302
+    assert [t["type"] for t in Agent.get_by_id("agent_default").tools] == ["end_chat", "function"]
 
 
 # --- the loop -------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 END_CHAT = "end_chat"
 HANDOFF = "handoff_to_human"
 BUILT_INS = (END_CHAT, HANDOFF)
+TOOL_TYPES = ("function", *BUILT_INS)  # the `type` of a tool
 # OpenAI's rule for function names.
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_TOOLS = 20

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from flask import Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 
+from gateway.agent.tools import TOOL_TYPES
 from gateway.api.errors import ApiError, invalid_field, invalid_json
 from gateway.api.schemas import Query
 from gateway.limits import API_LIMIT
@@ -200,10 +201,21 @@ def read_query(model: type[M]) -> M:
         raise validation_error(exc, unknown="is not a known query parameter") from None
 
 
+# Lists of a union told apart by the items' `type` ({list field: the tags}): pydantic puts the tag in
+# an error's location (`tools.0.function.url`), which names no field of the request.
+TAGGED_LISTS = {"tools": TOOL_TYPES}
+
+
 def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the API names fields: `analysis_fields[0].name`."""
+    """A pydantic error location as the API names fields: `analysis_fields[0].name`, `tools[0].url`."""
     path = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if (
+            index >= 2
+            and isinstance(loc[index - 1], int)
+            and part in TAGGED_LISTS.get(str(loc[index - 2]), ())
+        ):
+            continue  # the union's tag, not a field
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
