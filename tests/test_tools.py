@@ -302,6 +302,23 @@ def test_a_tool_that_times_out_is_an_error_for_the_model(app, settings, fake_mod
     assert counted_since(before, "agent_slow_tool") == {("lookup_order", "timeout"): 1}
 
 
+def test_the_tools_of_a_turn_share_one_time_budget(app, settings, fake_model, tool_server, monkeypatch):
+    monkeypatch.setattr(tools, "TURN_TOOL_SECONDS", 0.3)
+    tool_server.hold()  # never answers in time
+    fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
+    fake_model.queue_tool_calls(("lookup_order", {"order_id": "982"}))
+    fake_model.queue_replies(["I can't check orders right now."])
+    agent = agent_with(function_tool(tool_server, timeout_ms=20_000))
+
+    run = turn(settings, agent)
+    tool_server.release()
+
+    assert run.completion.text == "I can't check orders right now."
+    assert [r["outcome"] for r in run.calls] == ["timeout", "timeout"]
+    assert "used up" in json.loads(run.calls[1]["result"])["error"]
+    assert len(tool_server.requests) == 1  # the second call was not made
+
+
 def test_a_loopback_tool_url_is_refused_unless_private_urls_are_allowed(
     app, settings, fake_model, tool_server
 ):

@@ -64,6 +64,9 @@ TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_TOOLS = 20
 MAX_ROUNDS = 5  # rounds of tool calls in one turn; then the model must answer in text
 MAX_CALLS_PER_ROUND = 10  # tool calls of one model answer that are run; the rest get an error
+# The tool calls of one turn share this many seconds (each within its own timeout_ms), so a turn
+# stays well inside the reply job's timeout and the API caller's patience.
+TURN_TOOL_SECONDS = 60.0
 DEFAULT_TIMEOUT_MS = 10_000
 MAX_TIMEOUT_MS = 30_000
 TOOL_ANSWER_MAX_BYTES = 16 * 1024  # of a tool's answer read and given to the model
@@ -288,6 +291,7 @@ def run(
     messages = list(messages)
     records: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = 0
+    deadline = time.monotonic() + TURN_TOOL_SECONDS
     for round_number in range(1, MAX_ROUNDS + 2):
         last = round_number > MAX_ROUNDS
         completion = call(messages, offered, "none" if last else "auto")
@@ -302,7 +306,8 @@ def run(
         messages.append(assistant_message(completion))
         action, reply = None, completion.text
         for index, tool_call in enumerate(completion.tool_calls):
-            record = _run_one(settings, agent, chat, by_name, tool_call, round_number, index)
+            left = deadline - time.monotonic()
+            record = _run_one(settings, agent, chat, by_name, tool_call, round_number, index, left)
             records.append(record)
             messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": record["result"]})
             if record["name"] in BUILT_INS and record["outcome"] == "ok" and action is None:
@@ -363,8 +368,11 @@ def _run_one(
     tool_call: llm.ToolCall,
     round_number: int,
     index: int,
+    seconds_left: float,
 ) -> dict[str, Any]:
-    """Run one tool call; its record (`result` is what the model is told). Never raises."""
+    """Run one tool call within `seconds_left`; its record (`result` is what the model is told).
+
+    Never raises."""
     record: dict[str, Any] = {
         "id": tool_call.id,
         "name": tool_call.name,
@@ -385,9 +393,18 @@ def _run_one(
         outcome, result = "refused", _error(f"At most {MAX_CALLS_PER_ROUND} tool calls are run at once.")
     elif not isinstance(arguments, dict):
         outcome, result = "bad_arguments", _error("The arguments are not a JSON object.")
+    elif isinstance(tool, FunctionTool) and seconds_left < 0.1:
+        record["arguments"] = arguments
+        outcome = "timeout"
+        result = _error(
+            f"This turn's time for tools ({TURN_TOOL_SECONDS:g} s) is used up; answer without it."
+        )
     elif isinstance(tool, FunctionTool):
         record["arguments"] = arguments
-        outcome, result, record["status_code"] = _call_function(settings, agent, chat, tool, arguments)
+        timeout = min(tool.timeout_ms / 1000, seconds_left)
+        outcome, result, record["status_code"] = _call_function(
+            settings, agent, chat, tool, arguments, timeout
+        )
     else:
         record["arguments"] = arguments
         outcome = "ok"
@@ -414,9 +431,15 @@ def _error(reason: str) -> str:
 
 
 def _call_function(
-    settings: Settings, agent: Agent, chat: ChatRef, tool: FunctionTool, arguments: dict[str, Any]
+    settings: Settings,
+    agent: Agent,
+    chat: ChatRef,
+    tool: FunctionTool,
+    arguments: dict[str, Any],
+    timeout: float,
 ) -> tuple[str, str, int | None]:
-    """POST one call to the tool's URL; (outcome, what the model is told, HTTP status)."""
+    """POST one call to the tool's URL (connect and read within `timeout` s each); (outcome, what
+    the model is told, HTTP status)."""
     body = json.dumps(
         {
             "tool": tool.name,
@@ -440,7 +463,7 @@ def _call_function(
             tool.url,
             body,
             headers=headers,
-            timeout=tool.timeout_ms / 1000,
+            timeout=timeout,
             allow_private=settings.allow_private_urls,
             max_bytes=TOOL_ANSWER_MAX_BYTES,
         )

@@ -38,8 +38,11 @@ LEASE_MARGIN = 30.0
 
 
 def slot_lease(settings: Settings, agent: Agent) -> float:
-    """How long one completion can hold its slot: every attempt timing out, every sleep taken."""
-    return (agent.retry_attempts + 1) * settings.model_timeout + answering.RETRY_SLEEP_BUDGET + LEASE_MARGIN
+    """How long one completion can hold its slot: every attempt timing out, every sleep taken (in
+    each round of tool calls, with the turn's time for tools, when the agent has tools)."""
+    rounds, tool_time = (tools.MAX_ROUNDS + 1, tools.TURN_TOOL_SECONDS) if agent.tools else (1, 0.0)
+    one_round = (agent.retry_attempts + 1) * settings.model_timeout + answering.RETRY_SLEEP_BUDGET
+    return rounds * one_round + tool_time + LEASE_MARGIN
 
 
 def check_can_complete(chat: Chat) -> None:
