@@ -57,6 +57,13 @@ def classify_twilio(status: int | None, code: int | None, reason: str) -> Gatewa
     return PermanentError(reason, label)
 
 
+def code_and_reason(error: BaseException) -> tuple[str, str]:
+    """The (error_code, error_message) stored on a message for an error (the code cut to its column)."""
+    code = getattr(error, "code", None) or type(error).__name__
+    reason = getattr(error, "reason", None) or str(error)
+    return str(code)[:16], reason
+
+
 def is_opted_out(error: BaseException) -> bool:
     """True when Twilio refused because the person opted out of this number (21610)."""
     return isinstance(error, PermanentError) and error.code == str(TWILIO_OPTED_OUT)

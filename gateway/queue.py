@@ -9,6 +9,7 @@ import pickle
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -17,9 +18,11 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Retry, get_current_job
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 
+from gateway.clients import ClientCache
 from gateway.config import Settings
 
 log = logging.getLogger(__name__)
@@ -160,8 +163,7 @@ def connect_redis(url: str, *, for_web: bool = False) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
 
 
-_redis_lock = threading.Lock()
-_redis_clients: dict[str, Redis] = {}
+_redis_clients: ClientCache[Redis] = ClientCache()
 
 
 def redis_for(settings: Settings) -> Redis | None:
@@ -171,11 +173,8 @@ def redis_for(settings: Settings) -> Redis | None:
         return job.connection
     if not settings.redis_url:
         return None
-    with _redis_lock:
-        client = _redis_clients.get(settings.redis_url)
-        if client is None:
-            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
-        return client
+    url = settings.redis_url
+    return _redis_clients.get(url, lambda: connect_redis(url))
 
 
 def queue_name(settings: Settings, name: str = "default") -> str:
@@ -192,13 +191,35 @@ def reply_job_id(message_id: int) -> str:
     return f"reply-{message_id:012d}"
 
 
-def job_is_live(connection: Redis, job_id: str) -> bool:
-    """True when a job with this id exists and will still run."""
+def job_is_live(
+    connection: Redis,
+    job_id: str,
+    *,
+    settle: Callable[[Job], JobStatus | None] | None = None,
+    clear_dead: bool = False,
+) -> bool:
+    """True when a job with this id exists and will still run: the one live-job check.
+
+    `settle(job)` gives the job's status after the caller settled what a dead worker left (the
+    sweep frees a stale rate-limit slot, hands an abandoned job back to RQ; None: the job is
+    gone). With `clear_dead` a job that will not run (failed, stopped, canceled, finished) is
+    deleted, so its id can be enqueued afresh.
+    """
     try:
         job = fetch_job(job_id, connection)
     except Exception:  # NoSuchJobError, or a job whose hash expired
         return False
-    return job.get_status(refresh=False) in LIVE_STATES
+    status = job.get_status(refresh=False) if settle is None else settle(job)
+    if status is None:
+        return False
+    if status in LIVE_STATES:
+        return True
+    if clear_dead:
+        try:
+            job.delete()
+        except InvalidJobOperation:  # a hash left without its status (a late heartbeat): just drop it
+            connection.delete(job.key)
+    return False
 
 
 def retry_policy(retry_attempts: int, retry_delay: float, jitter: float = 0.25) -> Retry | None:

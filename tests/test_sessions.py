@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from gateway.conversations.sessions import contact_state, set_opted_out, sms_session
+from gateway.conversations.consent import set_opted_out
+from gateway.conversations.sessions import contact_state, sms_session
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import Agent, Chat, Contact, PhoneNumber
 from tests.payloads import OTHER_PERSON, OUR_NUMBER, PERSON

@@ -1,6 +1,6 @@
 """RQ job functions, enqueued by dotted path: the reply to a message and the periodic sweeps.
 
-The jobs are thin: the reply logic lives in gateway/replies.py. Jobs run in threads of one
+The jobs are thin: the reply logic lives in gateway/conversations/replies.py. Jobs run in threads of one
 worker process (workers/pool.py), so everything here is thread-safe: the settings come from
 workers.context, the model and Twilio clients are built once per process, and each database
 phase opens and closes its own connection.
@@ -11,31 +11,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 from datetime import timedelta
 
 from peewee import fn
 from redis import Redis
 from rq import Queue, get_current_job
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimitRegistry
 
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.config import Settings
-from gateway.conversations import operator, outbound, replies, retention, tool_actions
+from gateway.conversations import lifecycle, operator, outbound, replies, retention, tool_actions
 from gateway.errors import GatewayError, PermanentError
 from gateway.queue import (
-    LIVE_STATES,
     JobSerializer,
-    connect_redis,
     enqueue_opening,
     enqueue_reply,
     fetch_job,
+    job_is_live,
     job_queue,
     opening_job_id,
     queue_name,
+    redis_for,
     reply_job_id,
     retry_policy,
 )
@@ -64,9 +63,6 @@ log = logging.getLogger(__name__)
 SWEEP_MAX_AGE = timedelta(days=2)
 # Messages looked at per sweep run (oldest first); the next run takes the rest.
 SWEEP_BATCH = 500
-
-_redis_lock = threading.Lock()
-_redis_clients: dict[str, Redis] = {}
 
 
 def reply_to_message(message_id: int) -> dict:
@@ -202,7 +198,7 @@ def close_silent_chats() -> int:
         schedule_analysis(queue, chat_id)
         events.emit(queue, settings, events.CHAT_ENDED, chat_id)
 
-    return replies.close_silent_chats(settings, on_ended=on_ended)
+    return lifecycle.close_silent_chats(settings, on_ended=on_ended)
 
 
 def delete_expired_messages() -> dict:
@@ -297,38 +293,33 @@ def _sweep_openings(settings: Settings, queue: Queue, older_than, dead_workers: 
 
 
 def _job_is_live(connection: Redis, job_id: str, dead_workers: dict[str, bool] | None = None) -> bool:
-    """True when the job will still run; a dead job is cleared so it can be enqueued afresh.
+    """True when the job will still run (gateway.queue.job_is_live); a dead job is cleared.
 
     A job STARTED by a worker that is known to be dead (same host, its process is gone) is handed
     to RQ's own abandoned-job handling right away, instead of waiting up to ~90 s for its
     heartbeat to expire: RQ then retries it (if it has retries left) or fails it. A failed,
     stopped, canceled or finished job of a message that is still pending is deleted (which
-    also removes it from RQ's registries) so the same job id can be enqueued again.
+    also removes it from RQ's registries) so the same job id can be enqueued again. A job waiting
+    on its chat's rate-limit slot held by a job that already ended gets the slot freed first.
     """
-    try:
-        job = fetch_job(job_id, connection)
-    except NoSuchJobError:
-        return False
-    status = job.get_status(refresh=False)
-    if status == JobStatus.RATE_LIMITED and job.rate_limit_key:
-        status = _unblock_rate_limit(job)
-    if status == JobStatus.STARTED and worker_is_dead(connection, job.worker_name, dead_workers):
-        log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
-        expire_abandoned(connection, job, serializer=JobSerializer)
-        # RQ may have scheduled the retry after its backoff; the death was no service's fault.
-        run_now(connection, job_id, serializer=JobSerializer)
-        try:
-            job = fetch_job(job_id, connection)
-        except NoSuchJobError:
-            return False
+
+    def settle(job: Job) -> JobStatus | None:
+        """The job's status once a slot or a start left by a dead worker is settled (None: gone)."""
         status = job.get_status(refresh=False)
-    if status in LIVE_STATES:
-        return True
-    try:
-        job.delete()
-    except InvalidJobOperation:  # a hash left without its status (a late heartbeat): just drop it
-        connection.delete(job.key)
-    return False
+        if status == JobStatus.RATE_LIMITED and job.rate_limit_key:
+            status = _unblock_rate_limit(job)
+        if status == JobStatus.STARTED and worker_is_dead(connection, job.worker_name, dead_workers):
+            log.warning("sweep: job %s was abandoned by dead worker %s", job_id, job.worker_name)
+            expire_abandoned(connection, job, serializer=JobSerializer)
+            # RQ may have scheduled the retry after its backoff; the death was no service's fault.
+            run_now(connection, job_id, serializer=JobSerializer)
+            try:
+                status = fetch_job(job_id, connection).get_status(refresh=False)
+            except NoSuchJobError:
+                return None
+        return status
+
+    return job_is_live(connection, job_id, settle=settle, clear_dead=True)
 
 
 def _unblock_rate_limit(job: Job) -> JobStatus | None:
@@ -353,14 +344,8 @@ def _settings() -> Settings:
 
 
 def _redis(settings: Settings) -> Redis:
-    """The running job's Redis connection, else one client per process for REDIS_URL."""
-    job = get_current_job()
-    if job is not None:
-        return job.connection
-    if not settings.redis_url:
+    """The running job's Redis connection, else this process's client for REDIS_URL (gateway.queue)."""
+    client = redis_for(settings)
+    if client is None:
         raise RuntimeError("REDIS_URL is not set")
-    with _redis_lock:
-        client = _redis_clients.get(settings.redis_url)
-        if client is None:
-            client = _redis_clients[settings.redis_url] = connect_redis(settings.redis_url)
-        return client
+    return client

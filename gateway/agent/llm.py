@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ import openai
 from openai import OpenAI
 
 from gateway import metrics
+from gateway.clients import ClientCache
 from gateway.config import Settings
 from gateway.errors import GatewayError, PermanentError, TransientError, http_status_is_transient
 
@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OFFLINE_LABEL = "[offline responder — no model configured]"
 
-_clients: dict[tuple, OpenAI] = {}
-_clients_lock = threading.Lock()
+_clients: ClientCache[OpenAI] = ClientCache()
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,16 @@ class Completion:
 def model_client(settings: Settings) -> OpenAI:
     """The process's OpenAI client for these settings (thread-safe, built once)."""
     key = (settings.openai_base_url, settings.openai_api_key, settings.model_timeout)
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = OpenAI(
-                    base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
-                    # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
-                    api_key=settings.openai_api_key or "not-needed",
-                    timeout=settings.model_timeout,
-                    max_retries=0,  # retries are RQ's, with the agent's backoff
-                )
-                _clients[key] = client
-    return client
+    return _clients.get(
+        key,
+        lambda: OpenAI(
+            base_url=settings.openai_base_url or OPENAI_DEFAULT_BASE_URL,
+            # Local servers (Ollama, llama.cpp) take any key; the client insists on one.
+            api_key=settings.openai_api_key or "not-needed",
+            timeout=settings.model_timeout,
+            max_retries=0,  # retries are RQ's (or the API's), with the agent's backoff
+        ),
+    )
 
 
 def complete(

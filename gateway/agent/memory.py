@@ -573,29 +573,43 @@ def profile_job_id(key: str) -> str:
 
 def schedule_summary(queue: Queue, chat_id: str, agent: Agent | None = None) -> Job | None:
     """Queue a summary update of one chat (deduplicated)."""
-    return enqueue_deduplicated(
+    return _schedule(
         queue,
         SUMMARY_JOB,
         chat_id,
-        base_id=summary_job_id(chat_id),
-        rate_key=f"memory-summary:{chat_id}",
-        retry_attempts=agent.retry_attempts if agent is not None else DEFAULT_RETRY_ATTEMPTS,
-        retry_delay=max(agent.retry_delay, 1.0) if agent is not None else DEFAULT_RETRY_DELAY,
-        description=f"update the rolling summary of {chat_id}",
+        summary_job_id(chat_id),
+        f"memory-summary:{chat_id}",
+        agent,
+        f"update the rolling summary of {chat_id}",
     )
 
 
 def schedule_profile(queue: Queue, key: str, agent: Agent | None = None) -> Job | None:
     """Queue an update of one person's profile (deduplicated)."""
-    return enqueue_deduplicated(
+    return _schedule(
         queue,
         PROFILE_JOB,
         key,
-        base_id=profile_job_id(key),
-        rate_key=f"memory-profile:{key_hash(key)}",
+        profile_job_id(key),
+        f"memory-profile:{key_hash(key)}",
+        agent,
+        f"update the user profile {key_label(key)}",
+    )
+
+
+def _schedule(
+    queue: Queue, func: str, arg: str, base_id: str, rate_key: str, agent: Agent | None, description: str
+) -> Job | None:
+    """Queue one memory job (deduplicated), retried with the agent's backoff (at least 1 s)."""
+    return enqueue_deduplicated(
+        queue,
+        func,
+        arg,
+        base_id=base_id,
+        rate_key=rate_key,
         retry_attempts=agent.retry_attempts if agent is not None else DEFAULT_RETRY_ATTEMPTS,
         retry_delay=max(agent.retry_delay, 1.0) if agent is not None else DEFAULT_RETRY_DELAY,
-        description=f"update the user profile {key_label(key)}",
+        description=description,
     )
 
 

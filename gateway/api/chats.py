@@ -12,6 +12,7 @@ from gateway.api.errors import conflict, not_found
 from gateway.api.paging import page_of_chats
 from gateway.api.schemas import ID_PATTERN, ChatCreate, ChatDetail, ChatList, ChatListQuery, ChatUpdate, is_id
 from gateway.api.serializers import chat_detail_out, chat_out
+from gateway.conversations import lifecycle
 from gateway.storage.db import database
 from gateway.storage.models import Channel, Chat, ChatStatus, ChatType, Message, utcnow
 from gateway.twilio.channels import address_for
@@ -145,18 +146,8 @@ def update_chat(chat_id: str, body: ChatUpdate) -> ChatDetail:
 def end_chat(chat_id: str) -> ChatDetail:
     """End an ongoing chat (`end_reason` "api"); 409 when it is not ongoing."""
     chat = get_chat_or_404(chat_id)
-    now = utcnow()
     with database.atomic():
-        ended = (
-            Chat.update(
-                chat_status=ChatStatus.ENDED.value,
-                end_timestamp=now,
-                end_reason="api",
-                ongoing_pair=None,
-            )
-            .where((Chat.chat_id == chat.chat_id) & (Chat.chat_status == ChatStatus.ONGOING.value))
-            .execute()
-        )
+        ended = lifecycle.end_chat(chat.chat_id, lifecycle.END_BY_API)
     chat = Chat.get_by_id(chat.chat_id)
     if not ended:
         raise conflict("chat_not_ongoing", f"The chat is {chat.chat_status}, not ongoing.")

@@ -36,7 +36,15 @@ from gateway.agent.text import SMS_MAX_CHARS
 from gateway.agent.tools import Tool, Tools
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
-from gateway.storage.models import Channel, ChatStatus, ChatType, MessageKind, MessageStatus, ReplyState, Role
+from gateway.storage.models import (
+    PUBLIC_MESSAGE_STATUSES,
+    Channel,
+    ChatStatus,
+    ChatType,
+    MessageKind,
+    ReplyState,
+    Role,
+)
 
 # Public ids travel in URLs: letters, digits, `_` and `-` only, matched in full (no trailing newline).
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -177,7 +185,7 @@ ChannelName = Annotated[
     Field(description="`sms`, or `whatsapp` (Twilio's `whatsapp:` addresses); API chats say `sms`."),
 ]
 ChatStatusName = Literal[tuple(s.value for s in ChatStatus)]  # type: ignore[valid-type]
-MessageStatusName = Literal[tuple(s.value for s in MessageStatus)]  # type: ignore[valid-type]
+MessageStatusName = Literal[PUBLIC_MESSAGE_STATUSES]  # type: ignore[valid-type]
 RoleName = Literal[tuple(r.value for r in Role)]  # type: ignore[valid-type]
 MessageKindName = Literal[tuple(k.value for k in MessageKind)]  # type: ignore[valid-type]
 ReplyStateName = Literal[tuple(r.value for r in ReplyState)]  # type: ignore[valid-type]

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.api import schemas
-from gateway.storage.models import Agent, Chat, Message, MessageStatus, PhoneNumber
+from gateway.storage.models import PUBLIC_MESSAGE_STATUSES, Agent, Chat, Message, MessageStatus, PhoneNumber
 
-# The statuses the API shows. The worker marks a part it is handing to Twilio "sending" (an
-# internal lease): to a client that part is still "queued".
-PUBLIC_STATUSES = frozenset(s.value for s in MessageStatus)
+# The statuses the API shows: a part a worker is handing to Twilio (`sending`, an internal
+# lease) is still "queued" to a client.
+PUBLIC_STATUSES = frozenset(PUBLIC_MESSAGE_STATUSES)
 
 
 def iso(value: datetime | str | None) -> str | None:

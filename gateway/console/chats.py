@@ -13,6 +13,7 @@ from peewee import fn
 from gateway.agent.memory import profile_key_for
 from gateway.api.errors import ApiError
 from gateway.api.paging import page_of_chats
+from gateway.api.serializers import public_status
 from gateway.console import bp
 from gateway.conversations import operator
 from gateway.storage.models import (
@@ -144,7 +145,7 @@ def speaker(message: Message) -> str:
 
 def status_word(status: str | None) -> str | None:
     """A stored delivery status as operators read it (the worker's internal lease reads as queued)."""
-    return "queued" if status == "sending" else status
+    return public_status(status)
 
 
 def chat_version(chat: Chat) -> str:

@@ -1,4 +1,8 @@
-"""What a text the gateway starts must respect: the opt-out hint on a first text, and sending hours.
+"""A person's consent: opting out and back in, the opt-out hint on a first text, and sending hours.
+
+- Every opt-out and opt-in is recorded here (`set_opted_out`, `set_contact_opt_out`) and read
+  here (`has_opted_out`): STOP and START, Twilio's error 21610 on a send or a status callback,
+  the contacts API and CLI. Each is one statement, race-safe without a transaction.
 
 - The first text the gateway itself starts to a person from one of our numbers (no agent text
   ever went from that number to them before) ends with the agent's opt-out hint
@@ -18,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
 
-from gateway.storage.models import Agent, Chat, Message, PhoneNumber, Role, utcnow
+from gateway.storage.models import Agent, Chat, Contact, Message, PhoneNumber, Role, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,44 @@ def next_send_time(agent: Agent, our_number: str, now: datetime | None = None) -
     if opens <= local:
         opens = datetime.combine(local.date() + timedelta(days=1), start, tzinfo=zone)
     return opens.astimezone(UTC).replace(tzinfo=None)
+
+
+def has_opted_out(our_number: str, their_number: str) -> bool:
+    """True when the person opted out of texts from our number (no contact row: not opted out)."""
+    flag = (
+        Contact.select(Contact.opted_out)
+        .where((Contact.our_number == our_number) & (Contact.phone_number == their_number))
+        .scalar()
+    )
+    return bool(flag)
+
+
+def set_contact_opt_out(contact_id: int, opted_out: bool, now: datetime | None = None) -> None:
+    """Opt a known contact out (True) or back in (False)."""
+    Contact.update(
+        opted_out=opted_out,
+        opted_out_at=(now or utcnow()) if opted_out else None,
+    ).where(Contact.id == contact_id).execute()
+
+
+def set_opted_out(our_number: str, their_number: str, opted_out: bool = True) -> None:
+    """Opt a person out of (or back into) texts from our number, creating the contact if needed.
+
+    One upsert statement, so it is race-safe without a transaction; an opt-out already recorded
+    keeps its original time.
+    """
+    stamp = utcnow() if opted_out else None
+    (
+        Contact.insert(
+            our_number=our_number,
+            phone_number=their_number,
+            opted_out=opted_out,
+            opted_out_at=stamp,
+        )
+        .on_conflict(
+            conflict_target=[Contact.our_number, Contact.phone_number],
+            update={Contact.opted_out: opted_out, Contact.opted_out_at: stamp},
+            where=(Contact.opted_out != opted_out),
+        )
+        .execute()
+    )

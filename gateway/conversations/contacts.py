@@ -24,7 +24,7 @@ from rq.job import Job
 
 from gateway.agent.analysis import analysis_job_id
 from gateway.agent.memory import profile_job_id, summary_job_id
-from gateway.conversations.sessions import set_opted_out
+from gateway.conversations.consent import set_opted_out
 from gateway.logs import mask_number
 from gateway.queue import opening_job_id, reply_job_id
 from gateway.storage.db import database

@@ -17,9 +17,16 @@ from rq import Queue
 from gateway.agent.analysis import schedule_analysis
 from gateway.agent.text import split_sms
 from gateway.config import Settings
-from gateway.conversations.replies import SmsTarget, record_part_failure, send_parts
-from gateway.conversations.sessions import end_chat, has_opted_out
-from gateway.errors import PermanentError
+from gateway.conversations.consent import has_opted_out
+from gateway.conversations.delivery import (
+    SmsTarget,
+    record_part_failure,
+    send_parts,
+    store_parts,
+    stored_parts,
+)
+from gateway.conversations.lifecycle import END_BY_OPERATOR, end_chat
+from gateway.errors import TWILIO_OPTED_OUT, PermanentError
 from gateway.queue import enqueue_operator_parts
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import (
@@ -29,14 +36,11 @@ from gateway.storage.models import (
     Message,
     MessageKind,
     MessageStatus,
-    Role,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-# Chat.end_reason when an operator ends a chat.
-OPERATOR_END_REASON = "operator"
 # Twilio's limit on one message body; an operator's text is split into parts like a reply.
 MAX_TEXT = 1600
 
@@ -83,7 +87,7 @@ def hand_back(chat_id: str) -> bool:
 def end_chat_by_operator(chat_id: str, queue: Queue | None) -> bool:
     """End an ongoing chat from the console and queue its post-chat analysis; True when this ended it."""
     with write_transaction():
-        ended = end_chat(chat_id, OPERATOR_END_REASON)
+        ended = end_chat(chat_id, END_BY_OPERATOR)
     if ended:
         schedule_analysis(queue, Chat.get_by_id(chat_id))  # logs, never raises, when Redis is down
     return ended
@@ -109,23 +113,10 @@ def send_operator_message(chat_id: str, text: str, queue: Queue | None) -> list[
             "nothing was sent.",
         )
     now = utcnow()
+    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     with write_transaction():
         Chat.update(last_activity_at=now).where(Chat.chat_id == chat_id).execute()
-        ids = [
-            Message.insert(
-                chat=chat_id,
-                role=Role.AGENT.value,
-                kind=MessageKind.OPERATOR.value,
-                content=part,
-                status=MessageStatus.QUEUED.value,
-                from_number=chat.from_number,
-                to_number=chat.to_number,
-                part_index=index,
-                created_at=now,
-                updated_at=now,
-            ).execute()
-            for index, part in enumerate(split_sms(text))
-        ]
+        ids = store_parts(target, split_sms(text), now, kind=MessageKind.OPERATOR)
     if queue is None:
         log.error("operator text in chat %s is stored but REDIS_URL is unset: it waits", chat_id)
     else:
@@ -142,21 +133,19 @@ def send_operator_parts(settings: Settings, chat_id: str) -> int:
         chat = Chat.get_or_none(Chat.chat_id == chat_id)
         if chat is None or not (chat.from_number and chat.to_number):
             return 0
-        parts = list(
-            Message.select(Message.id, Message.content, Message.media, Message.part_index, Message.twilio_sid)
-            .where(
-                (Message.chat == chat_id)
-                & (Message.kind == MessageKind.OPERATOR.value)
-                & Message.twilio_sid.is_null()
-                & Message.status.in_([MessageStatus.QUEUED.value, "sending"])
-            )
-            .order_by(Message.id)
+        parts = stored_parts(
+            (Message.chat == chat_id)
+            & (Message.kind == MessageKind.OPERATOR.value)
+            & Message.twilio_sid.is_null()
+            & Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.SENDING.value])
         )
         opted_out = has_opted_out(chat.from_number, chat.to_number)
     if opted_out:
         record_part_failure(
             [p.id for p in parts],
-            PermanentError("The person opted out (replied STOP); not sent.", "21610"),
+            PermanentError("The person opted out (replied STOP); not sent.", str(TWILIO_OPTED_OUT)),
         )
         return 0
-    return send_parts(settings, SmsTarget(chat.chat_id, chat.from_number, chat.to_number), parts)
+    return send_parts(
+        settings, SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel), parts
+    )

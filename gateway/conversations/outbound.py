@@ -4,7 +4,7 @@
 caller wrote one, the idempotency key) before anything is sent; the `send_opening` job then asks
 the agent for the opening text when there is none (through the "answer this chat" service,
 gateway/conversations/answering.py: a spent token budget refuses it before the model call) and
-sends the parts that have no Twilio SID, exactly like a reply (`replies.send_parts`). When the
+sends the parts that have no Twilio SID, exactly like a reply (`delivery.send_parts`). When the
 person answers, the inbound webhook finds this chat by its number pair, so the conversation
 continues in the same chat.
 """
@@ -21,14 +21,17 @@ from gateway.agent.text import split_sms
 from gateway.config import Settings
 from gateway.conversations import answering
 from gateway.conversations.consent import is_first_text, next_send_time, opt_out_hint, with_hint
-from gateway.conversations.replies import (
-    PART_COLUMNS,
+from gateway.conversations.delivery import (
     SmsTarget,
-    ask_for_sms,
     record_part_failure,
     send_parts,
+    store_parts,
+    stored_parts,
 )
-from gateway.errors import PermanentError, TransientError
+from gateway.conversations.lifecycle import END_BY_FAILED_OPENING, end_chat
+from gateway.conversations.replies import ask_for_sms
+from gateway.conversations.sessions import pair_key
+from gateway.errors import PermanentError, TransientError, code_and_reason
 from gateway.storage.db import database
 from gateway.storage.models import (
     Agent,
@@ -109,7 +112,7 @@ def start_sms_chat(req: OutboundRequest) -> Chat:
             "so WhatsApp allows only an approved template: send content_sid (and content_variables). "
             "Nothing was sent.",
         )
-    pair = f"{req.from_number}|{req.to_number}"
+    pair = pair_key(req.from_number, req.to_number)
     ongoing = Chat.get_or_none(Chat.ongoing_pair == pair)
     if ongoing is not None:
         raise OutboundRefused(
@@ -176,26 +179,25 @@ def store_opening(
     details: dict | None = None,
 ) -> None:
     """Store the opening text's parts (the first carries the media, or the template `details`)."""
-    rows = answering.answer_rows(
-        chat.chat_id,
+    store_parts(
+        _target(chat),
         parts,
-        completion,
         utcnow(),
-        status=MessageStatus.QUEUED.value,
-        from_number=chat.from_number,
-        to_number=chat.to_number,
+        completion=completion,
         media=[{"url": url, "content_type": None} for url in media_urls],
         details=details,
     )
-    Message.insert_many(rows).execute()
+
+
+def _target(chat: Chat) -> SmsTarget:
+    """Who the chat's texts go to."""
+    return SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
 
 
 def _opening_parts(chat_id: str) -> list[Message]:
     """The agent parts that open the chat (they answer no inbound message), in order."""
-    return list(
-        Message.select(*PART_COLUMNS)
-        .where((Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null())
-        .order_by(Message.part_index, Message.id)
+    return stored_parts(
+        (Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null()
     )
 
 
@@ -210,7 +212,7 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
         if not any(p.twilio_sid for p in parts) and _wait_for_sending_hours(chat, agent):
             return 0
         prompt = None if parts else answering.build_prompt(settings, chat, agent)
-    target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
+    target = _target(chat)
     try:
         if prompt is not None:
             answering.check_budget(settings, agent)
@@ -248,27 +250,13 @@ def _wait_for_sending_hours(chat: Chat, agent: Agent) -> bool:
 
 def _record_opening_failure(chat: Chat, exc: Exception) -> None:
     """No opening text could be written: a failed agent message says why; the chat ends in `error`."""
-    code = str(getattr(exc, "code", None) or type(exc).__name__)[:16]
-    reason = getattr(exc, "reason", None) or str(exc)
+    code, reason = code_and_reason(exc)
     now = utcnow()
     with database.connection_context(), database.atomic():
-        Message.create(
-            chat=chat.chat_id,
-            role=Role.AGENT.value,
-            kind=MessageKind.NOTICE.value,
-            content="",
+        ids = store_parts(_target(chat), [""], now, kind=MessageKind.NOTICE)
+        Message.update(
             status=MessageStatus.FAILED.value,
             error_code=code,
             error_message=f"The opening text could not be written: {reason}",
-            from_number=chat.from_number,
-            to_number=chat.to_number,
-            part_index=0,
-            created_at=now,
-            updated_at=now,
-        )
-        Chat.update(
-            chat_status=ChatStatus.ERROR.value,
-            end_timestamp=now,
-            end_reason="opening_failed",
-            ongoing_pair=None,
-        ).where(Chat.chat_id == chat.chat_id).execute()
+        ).where(Message.id.in_(ids)).execute()
+        end_chat(chat.chat_id, END_BY_FAILED_OPENING, now, status=ChatStatus.ERROR)

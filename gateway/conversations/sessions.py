@@ -3,7 +3,8 @@
 Identity is the database's job: `Chat.ongoing_pair` is unique, and so is (our_number,
 phone_number) on `Contact`. Each lookup reads first (one indexed SELECT: the common case) and only
 inserts on a miss, inside a savepoint, falling back to the row another request inserted first when
-the insert hits the unique index. Call these inside `write_transaction()`.
+the insert hits the unique index. Call these inside `write_transaction()`. Ending a chat and
+opting a person out or in live in gateway/conversations/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from peewee import JOIN, IntegrityError
 
 from gateway.conversations.agents import inbound_agent_for
 from gateway.storage.db import database
-from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, new_id, utcnow
+from gateway.storage.models import Agent, Chat, ChatType, Contact, new_id, utcnow
 from gateway.twilio.channels import channel_of
 
 
@@ -116,21 +117,6 @@ def touch_chat(chat_id: str, now: datetime, pair: str | None = None) -> bool:
     return query.execute() > 0
 
 
-def end_chat(chat_id: str, reason: str, now: datetime | None = None) -> bool:
-    """End an ongoing chat (freeing its number pair for the next one); True when this call ended it."""
-    return (
-        Chat.update(
-            chat_status=ChatStatus.ENDED.value,
-            end_timestamp=now or utcnow(),
-            end_reason=reason,
-            ongoing_pair=None,
-        )
-        .where((Chat.chat_id == chat_id) & (Chat.chat_status == ChatStatus.ONGOING.value))
-        .execute()
-        > 0
-    )
-
-
 # The hot path's one read: the pair's ongoing chat, its agent's settings and the person's contact.
 # Its SQL is rendered once per database kind (peewee's query building costs more than running it).
 _PAIR_MARK = "\x00pair"
@@ -189,12 +175,6 @@ def _find_contact(our_number: str, their_number: str) -> tuple[int, bool] | None
     )
 
 
-def has_opted_out(our_number: str, their_number: str) -> bool:
-    """True when the person opted out of texts from our number (no contact row: not opted out)."""
-    row = _find_contact(our_number, their_number)
-    return row is not None and bool(row[1])
-
-
 def contact_state(our_number: str, their_number: str) -> ContactState:
     """The contact row of a person texting our number, created race-safely on first contact."""
     row = _find_contact(our_number, their_number)
@@ -209,35 +189,3 @@ def contact_state(our_number: str, their_number: str) -> ContactState:
             raise
         return ContactState(id=row[0], opted_out=bool(row[1]), created=False)
     return ContactState(id=contact_id, opted_out=False, created=True)
-
-
-def set_contact_opt_out(contact_id: int, opted_out: bool, now: datetime | None = None) -> None:
-    """Opt a known contact out (True) or back in (False)."""
-    Contact.update(
-        opted_out=opted_out,
-        opted_out_at=(now or utcnow()) if opted_out else None,
-    ).where(Contact.id == contact_id).execute()
-
-
-def set_opted_out(our_number: str, their_number: str, opted_out: bool = True) -> None:
-    """Opt a person out of (or back into) texts from our number, creating the contact if needed.
-
-    One upsert statement, so it is race-safe without a transaction; an opt-out already recorded
-    keeps its original time.
-    """
-    now = utcnow()
-    stamp = now if opted_out else None
-    (
-        Contact.insert(
-            our_number=our_number,
-            phone_number=their_number,
-            opted_out=opted_out,
-            opted_out_at=stamp,
-        )
-        .on_conflict(
-            conflict_target=[Contact.our_number, Contact.phone_number],
-            update={Contact.opted_out: opted_out, Contact.opted_out_at: stamp},
-            where=(Contact.opted_out != opted_out),
-        )
-        .execute()
-    )

@@ -24,14 +24,11 @@ from gateway.agent.analysis import schedule_analysis
 from gateway.agent.tools import END_CHAT, HANDOFF
 from gateway.config import Settings
 from gateway.conversations import operator
-from gateway.conversations.sessions import end_chat
+from gateway.conversations.lifecycle import END_BY_AGENT, end_chat
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import Chat, ChatStatus, ChatType
 
 log = logging.getLogger(__name__)
-
-# Chat.end_reason when the agent ends a chat with its end_chat tool.
-AGENT_END_REASON = "agent"
 
 
 def perform(
@@ -62,7 +59,7 @@ def end_chat_by_agent(settings: Settings, queue: Queue | None, chat_id: str) -> 
     """End the chat as its agent asked; queue its analysis and emit chat_ended (True when it ended now)."""
     with database.connection_context():
         with write_transaction():
-            ended = end_chat(chat_id, AGENT_END_REASON)
+            ended = end_chat(chat_id, END_BY_AGENT)
         if ended:
             log.info("tools: the agent ended chat %s", chat_id)
             schedule_analysis(queue, chat_id)  # logs, never raises, when Redis is down

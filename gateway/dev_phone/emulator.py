@@ -38,6 +38,7 @@ from xml.etree import ElementTree
 
 from twilio.request_validator import RequestValidator
 
+from gateway.errors import TWILIO_OPTED_OUT
 from gateway.twilio.keywords import Keyword, match_keyword
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ ERRORS = {
     21603: "The 'From' phone number is required.",
     21604: "A 'To' phone number is required.",
     21606: "The 'From' phone number provided is not a valid message-capable Twilio phone number.",
-    21610: "Attempt to send to unsubscribed recipient",
+    TWILIO_OPTED_OUT: "Attempt to send to unsubscribed recipient",
     21617: "The concatenated message body exceeds the 1600 character limit.",
 }
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
@@ -365,7 +366,7 @@ class TwilioEmulator:
         with self._lock:
             opted_out = (from_, to) in self.opted_out
         if opted_out:
-            return self._error(400, 21610)
+            return self._error(400, TWILIO_OPTED_OUT)
         resource = self._record(
             new_sid("MM" if media else "SM"), from_, to, body, media, "outbound-api", "queued"
         )

@@ -71,6 +71,13 @@ class MessageStatus(StrEnum):
     READ = "read"  # WhatsApp: the person opened it (only ever after delivered)
     UNDELIVERED = "undelivered"
     FAILED = "failed"
+    # Internal: a worker is handing the part to Twilio right now (a lease, see
+    # gateway/conversations/delivery.py); the API and the console show it as `queued`.
+    SENDING = "sending"
+
+
+# The statuses the API and the console show (SENDING reads as QUEUED).
+PUBLIC_MESSAGE_STATUSES = tuple(s.value for s in MessageStatus if s is not MessageStatus.SENDING)
 
 
 class ReplyState(StrEnum):

@@ -12,6 +12,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from gateway.clients import ClientCache
 from gateway.config import Settings
 from gateway.errors import GatewayError, PermanentError, TransientError, classify_twilio
 
@@ -24,8 +25,7 @@ TYPING_TIMEOUT = 3.0
 # How many of the newest messages between two numbers find_sent looks through.
 FIND_SENT_LIMIT = 20
 
-_clients: dict[tuple, Client] = {}
-_clients_lock = threading.Lock()
+_clients: ClientCache[Client] = ClientCache()
 
 
 def twilio_client(settings: Settings, *, timeout: float = TWILIO_TIMEOUT) -> Client:
@@ -35,22 +35,20 @@ def twilio_client(settings: Settings, *, timeout: float = TWILIO_TIMEOUT) -> Cli
             "Twilio is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.", "twilio_not_configured"
         )
     key = (settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url, timeout)
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = Client(
-                    settings.twilio_account_sid,
-                    settings.twilio_auth_token,
-                    http_client=TwilioHttpClient(timeout=timeout, pool_connections=True),
-                )
-                # Emulators and tests speak Twilio's API (and its Messaging API) on another origin.
-                client.api.base_url = settings.twilio_api_base_url.rstrip("/")
-                if settings.twilio_api_base_url.rstrip("/") != "https://api.twilio.com":
-                    client.messaging.base_url = settings.twilio_api_base_url.rstrip("/")
-                _clients[key] = client
-    return client
+
+    def build() -> Client:
+        client = Client(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token,
+            http_client=TwilioHttpClient(timeout=timeout, pool_connections=True),
+        )
+        # Emulators and tests speak Twilio's API (and its Messaging API) on another origin.
+        client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        if settings.twilio_api_base_url.rstrip("/") != "https://api.twilio.com":
+            client.messaging.base_url = settings.twilio_api_base_url.rstrip("/")
+        return client
+
+    return _clients.get(key, build)
 
 
 def send_sms(

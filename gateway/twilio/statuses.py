@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from gateway.conversations.sessions import set_opted_out
+from gateway.conversations.consent import set_opted_out
+from gateway.errors import TWILIO_OPTED_OUT
 from gateway.logs import mask_number
 from gateway.storage.models import EarlyStatus, Message, MessageStatus, utcnow
 
@@ -39,11 +40,11 @@ TWILIO_STATUSES: dict[str, MessageStatus] = {
     "canceled": MessageStatus.FAILED,
 }
 
-# The order stored statuses move in; equal ranks never replace each other. "sending" is the
-# worker's own mark on a part it is handing to Twilio (gateway/replies.py), not a public status.
+# The order stored statuses move in; equal ranks never replace each other. SENDING is the
+# worker's own mark on a part it is handing to Twilio (gateway/conversations/delivery.py).
 RANK: dict[str, int] = {
     MessageStatus.QUEUED.value: 0,
-    "sending": 0,
+    MessageStatus.SENDING.value: 0,
     MessageStatus.SENT.value: 1,
     MessageStatus.DELIVERED.value: 2,
     MessageStatus.UNDELIVERED.value: 2,
@@ -54,9 +55,6 @@ RANK: dict[str, int] = {
 }
 FAILURES = frozenset({MessageStatus.UNDELIVERED.value, MessageStatus.FAILED.value})
 FINAL_STATUSES = frozenset(status for status, rank in RANK.items() if rank >= 2)
-
-# Twilio error 21610: the recipient replied STOP; Twilio refuses to message them from this number.
-UNSUBSCRIBED_RECIPIENT = "21610"
 
 
 def map_twilio_status(twilio_status: str | None) -> MessageStatus | None:
@@ -152,7 +150,7 @@ def message_exists(twilio_sid: str) -> bool:
 
 def opt_out_on_error(error_code: str | None, our_number: str | None, phone_number: str | None) -> bool:
     """Mark the recipient opted out when Twilio refused to text them (21610); True if so."""
-    if error_code != UNSUBSCRIBED_RECIPIENT or not our_number or not phone_number:
+    if error_code != str(TWILIO_OPTED_OUT) or not our_number or not phone_number:
         return False
     set_opted_out(our_number, phone_number, True)
     log.info("twilio status: %s opted out of %s (error 21610)", mask_number(phone_number), our_number)

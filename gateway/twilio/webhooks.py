@@ -24,15 +24,10 @@ from twilio.twiml.messaging_response import MessagingResponse
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
-from gateway.conversations.sessions import (
-    contact_state,
-    end_chat,
-    find_inbound,
-    pair_key,
-    set_contact_opt_out,
-    sms_session,
-    touch_chat,
-)
+from gateway.conversations.consent import set_contact_opt_out
+from gateway.conversations.lifecycle import END_BY_OPT_OUT, end_chat
+from gateway.conversations.sessions import contact_state, find_inbound, pair_key, sms_session, touch_chat
+from gateway.errors import TWILIO_OPTED_OUT
 from gateway.logs import mask_number, traffic
 from gateway.queue import REDIS_DOWN_ERRORS, RedisOutage, enqueue_reply, retry_policy
 from gateway.storage.db import write_transaction
@@ -51,7 +46,6 @@ from gateway.twilio.channels import channel_of, whatsapp_details
 from gateway.twilio.keywords import Keyword, match_keyword
 from gateway.twilio.signature import twilio_signature_required
 from gateway.twilio.statuses import (
-    UNSUBSCRIBED_RECIPIENT,
     map_twilio_status,
     message_exists,
     opt_out_on_error,
@@ -73,8 +67,6 @@ NOT_ANSWERABLE = "Not answered: replies go to phone numbers and WhatsApp address
 # This process's view of Redis: a webhook arriving during an outage is recorded and answered
 # at once, its reply queued by the sweep when Redis is back (two log lines per outage).
 WEB_REDIS = RedisOutage("web", log)
-# Chat.end_reason of a chat the person ended by opting out (STOP).
-OPT_OUT_END_REASON = "opt_out"
 
 
 class InvalidWebhook(ValueError):
@@ -221,7 +213,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 if not contact.opted_out:
                     set_contact_opt_out(contact.id, True, now)
                 # The person asked for no more texts: the conversation is over.
-                ended = end_chat(session.chat_id, OPT_OUT_END_REASON, now)
+                ended = end_chat(session.chat_id, END_BY_OPT_OUT, now)
             elif keyword is Keyword.START and contact.opted_out:
                 set_contact_opt_out(contact.id, False, now)
     except IntegrityError:
@@ -386,7 +378,7 @@ def status_callback() -> Response:
         # and apply it once the SID is stored. 200 all the same (an error makes Twilio retry).
         log.info("twilio status: no message has sid %s yet; %s kept for when it does", sid, twilio_status)
         record_early_status(sid, status, error_code=error_code, error_message=error_message)
-    if error_code == UNSUBSCRIBED_RECIPIENT:
+    if error_code == str(TWILIO_OPTED_OUT):
         our, theirs = _outbound_numbers(sid, callback_from, callback_to)
         opt_out_on_error(error_code, our, theirs)
     return twiml()
