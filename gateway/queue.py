@@ -34,14 +34,12 @@ OPERATOR_JOB = "workers.jobs.send_operator_parts"
 # A reply waits on the model (seconds) and Twilio; past this RQ stops it and retries.
 REPLY_JOB_TIMEOUT = 300
 
+# Job states of a job that has not started yet: it will read the newest data when it does.
+WAITING_STATES = frozenset(
+    {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.RATE_LIMITED}
+)
 # Job states in which a job will still run (or is running): enqueueing again would double it.
-LIVE_STATES = {
-    JobStatus.QUEUED,
-    JobStatus.STARTED,
-    JobStatus.SCHEDULED,
-    JobStatus.DEFERRED,
-    JobStatus.RATE_LIMITED,
-}
+LIVE_STATES = WAITING_STATES | {JobStatus.STARTED}
 
 
 class JobSerializer:
@@ -191,6 +189,20 @@ def reply_job_id(message_id: int) -> str:
     return f"reply-{message_id:012d}"
 
 
+def _fetch_or_none(connection: Redis, job_id: str) -> Job | None:
+    """The job, or None when there is none (or its hash expired or lost fields)."""
+    try:
+        return fetch_job(job_id, connection)
+    except Exception:  # NoSuchJobError, or a hash missing fields
+        return None
+
+
+def job_status(connection: Redis, job_id: str) -> JobStatus | None:
+    """A job's status, or None when there is no such job."""
+    job = _fetch_or_none(connection, job_id)
+    return job.get_status(refresh=False) if job is not None else None
+
+
 def job_is_live(
     connection: Redis,
     job_id: str,
@@ -205,9 +217,8 @@ def job_is_live(
     gone). With `clear_dead` a job that will not run (failed, stopped, canceled, finished) is
     deleted, so its id can be enqueued afresh.
     """
-    try:
-        job = fetch_job(job_id, connection)
-    except Exception:  # NoSuchJobError, or a job whose hash expired
+    job = _fetch_or_none(connection, job_id)
+    if job is None:
         return False
     status = job.get_status(refresh=False) if settle is None else settle(job)
     if status is None:

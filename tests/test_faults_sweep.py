@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.agent.analysis import analysis_job_id
-from gateway.agent.memory import job_status, profile_job_id, summary_job_id
+from gateway.agent.memory import profile_job_id, summary_job_id
 from gateway.conversations.agents import default_agent
-from gateway.queue import job_queue, queue_name
+from gateway.queue import job_queue, job_status, queue_name
 from gateway.storage.models import Agent, Chat, Message, utcnow
 from tests.payloads import OUR_NUMBER, PERSON
 from workers import context, memory_jobs

@@ -16,7 +16,6 @@ from rq import Queue
 from gateway.agent import analysis, memory
 from gateway.agent.analysis import analysis_job_id, schedule_analysis
 from gateway.agent.memory import (
-    job_status,
     profile_due,
     profile_job_id,
     profile_key_for,
@@ -26,6 +25,7 @@ from gateway.agent.memory import (
     summary_job_id,
 )
 from gateway.config import Settings
+from gateway.queue import job_status
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, ChatStatus, Message, UserProfile, utcnow
 from workers.context import get_settings

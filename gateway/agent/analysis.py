@@ -48,9 +48,7 @@ from gateway import events
 from gateway.agent import spend, structured
 from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
-    LIVE_STATES,
     clip,
-    job_status,
     job_token,
     model_for,
     parse_json_object,
@@ -60,7 +58,7 @@ from gateway.agent.memory import (
 from gateway.agent.prompt import chat_variables, fill_variables
 from gateway.config import Settings
 from gateway.errors import TransientError
-from gateway.queue import redis_for, retry_policy
+from gateway.queue import job_is_live, redis_for, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, Message, Role, utcnow
 
@@ -352,7 +350,7 @@ def schedule_analysis(queue: Queue | None, chat: Chat | str) -> Job | None:
     chat_id = chat if isinstance(chat, str) else chat.chat_id
     job_id = analysis_job_id(chat_id)
     try:
-        if job_status(queue.connection, job_id) in LIVE_STATES:
+        if job_is_live(queue.connection, job_id):
             return None
         return queue.enqueue(
             ANALYSIS_JOB,

@@ -39,14 +39,22 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import Queue, get_current_job
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.rate_limit import RateLimit
 
 from gateway.agent import spend, structured
 from gateway.agent.history import in_conversation, transcript_lines
 from gateway.config import Settings
 from gateway.logs import mask_number
-from gateway.queue import fetch_job, job_queue, queue_name, redis_for, retry_policy
+from gateway.queue import (
+    LIVE_STATES,
+    WAITING_STATES,
+    job_queue,
+    job_status,
+    queue_name,
+    redis_for,
+    retry_policy,
+)
 from gateway.storage.db import database
 from gateway.storage.models import (
     Agent,
@@ -84,10 +92,6 @@ PROFILE_JOB = "workers.memory_jobs.update_profile"
 MEMORY_JOB_TIMEOUT = 300  # one model call plus two short queries
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY = 5.0
-
-# A job in one of these states has not started yet: it will read the newest messages when it does.
-WAITING_STATES = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.RATE_LIMITED}
-LIVE_STATES = WAITING_STATES | {JobStatus.STARTED}
 
 SUMMARY_INSTRUCTIONS = (
     "You keep the rolling summary of a conversation between an assistant (an AI agent) and a "
@@ -500,14 +504,6 @@ def job_token(value: str) -> str:
     """`value` as a job id part (letters, digits, `_`, `-`), unique per value."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", value)[:64]
     return f"{safe}-{hashlib.sha1(value.encode()).hexdigest()[:12]}"
-
-
-def job_status(connection, job_id: str) -> JobStatus | None:
-    """A job's status, or None when there is no such job (or its hash expired)."""
-    try:
-        return fetch_job(job_id, connection).get_status(refresh=False)
-    except Exception:  # NoSuchJobError, or a hash missing fields
-        return None
 
 
 def enqueue_deduplicated(
