@@ -132,3 +132,22 @@ def test_agent_written_opening_counts_its_tokens(configured, fake_model, fake_tw
     agent = Agent.get_by_id(chat.agent_id)
     spent = opening.prompt_tokens + opening.completion_tokens
     assert spent > 0 and spend.agent_usage(configured, agent)["tokens_today"] == spent
+
+
+def test_takeover_while_the_agent_writes_an_opening_drops_it(configured, fake_model, fake_twilio):
+    """An operator who takes an outbound chat over while the agent writes its opening wins."""
+    chat = sms_chat()
+
+    def take_over_then_answer(body: dict) -> str:
+        with database.connection_context():
+            operator.take_over(chat.chat_id)
+        return "Hello from the agent."
+
+    fake_model.responder = take_over_then_answer
+
+    assert outbound.send_opening(configured, chat.chat_id) == 0
+
+    assert len(fake_model.requests) == 1 and fake_twilio.messages == []
+    assert not Message.select().where(Message.chat == chat).exists()
+    assert outbound.send_opening(configured, chat.chat_id) == 0  # held: the model is not asked again
+    assert len(fake_model.requests) == 1

@@ -272,6 +272,7 @@ def _sweep_openings(settings: Settings, queue: Queue, older_than, dead_workers: 
             .where(
                 (Chat.chat_status == ChatStatus.ONGOING.value)
                 & (Chat.chat_type == ChatType.SMS.value)
+                & Chat.operator_held_at.is_null()  # an operator writes a held chat's first text
                 & (Chat.start_timestamp <= older_than)
                 & (Chat.start_timestamp >= older_than - SWEEP_MAX_AGE)
                 # An opening waiting for the agent's sending hours has its activity time then.

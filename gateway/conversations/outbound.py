@@ -209,6 +209,8 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
             return 0
         agent = Agent.get_by_id(chat.agent_id)
         parts = _opening_parts(chat_id)
+        if not parts and chat.operator_held_at is not None:
+            return 0  # an operator holds the chat: the first text is theirs to write
         if not any(p.twilio_sid for p in parts) and _wait_for_sending_hours(chat, agent):
             return 0
         prompt = None if parts else answering.build_prompt(settings, chat, agent)
@@ -220,6 +222,9 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
             run, texts = ask_for_sms(settings, agent, chat, prompt)  # no tools: nobody asked anything yet
             completion = run.completion
             with database.connection_context(), database.atomic():
+                if not answering.lock_unheld_chat(chat_id, utcnow()):
+                    log.info("chat %s: an operator took it over; the agent's opening is dropped", chat_id)
+                    return 0
                 # Another attempt may have stored one meanwhile: keep the first.
                 if not _opening_parts(chat_id):
                     store_opening(chat, hinted(chat, agent, texts), [], completion)
