@@ -7,18 +7,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.agent import spend
-from gateway.conversations import answering, operator, outbound, replies
+from gateway.conversations import answering, operator, outbound, replies, sessions
 from gateway.storage.db import database
-from gateway.storage.models import (
-    Agent,
-    Chat,
-    ChatStatus,
-    ChatType,
-    Message,
-    MessageKind,
-    ReplyState,
-    Role,
-)
+from gateway.storage.models import Agent, Chat, ChatStatus, Message, MessageKind, ReplyState, Role
 from tests.conftest import GATEWAY_API_KEY
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
@@ -35,15 +26,10 @@ def api_chat(client, **agent_fields) -> tuple[str, str]:
 
 
 def sms_chat(**agent_fields) -> Chat:
-    """An ongoing SMS chat with a new agent."""
-    agent = Agent.create(system_prompt="You are a test agent.", retry_delay=0, **agent_fields)
-    return Chat.create(
-        agent=agent,
-        chat_type=ChatType.SMS.value,
-        from_number=OUR,
-        to_number=THEIRS,
-        ongoing_pair=f"{OUR}|{THEIRS}",
-    )
+    """The ongoing SMS chat of our number and the person's, opened as a first text opens it."""
+    session = sessions.sms_session(OUR, THEIRS)
+    Agent.update(retry_delay=0, **agent_fields).where(Agent.agent_id == session.agent_id).execute()
+    return Chat.get_by_id(session.chat_id)
 
 
 def test_api_completion_over_the_token_budget_is_refused_before_the_model(client, settings, fake_model):
