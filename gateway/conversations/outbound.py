@@ -19,15 +19,8 @@ from peewee import IntegrityError
 from gateway.agent import llm
 from gateway.agent.text import split_sms
 from gateway.config import Settings
-from gateway.conversations import answering
+from gateway.conversations import answering, delivery
 from gateway.conversations.consent import is_first_text, next_send_time, opt_out_hint, with_hint
-from gateway.conversations.delivery import (
-    SmsTarget,
-    record_part_failure,
-    send_parts,
-    store_parts,
-    stored_parts,
-)
 from gateway.conversations.lifecycle import END_BY_FAILED_OPENING, end_chat
 from gateway.conversations.replies import ask_for_sms
 from gateway.conversations.sessions import pair_key
@@ -179,7 +172,7 @@ def store_opening(
     details: dict | None = None,
 ) -> None:
     """Store the opening text's parts (the first carries the media, or the template `details`)."""
-    store_parts(
+    delivery.store_parts(
         _target(chat),
         parts,
         utcnow(),
@@ -189,14 +182,14 @@ def store_opening(
     )
 
 
-def _target(chat: Chat) -> SmsTarget:
+def _target(chat: Chat) -> delivery.SmsTarget:
     """Who the chat's texts go to."""
-    return SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
+    return delivery.SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
 
 
 def _opening_parts(chat_id: str) -> list[Message]:
     """The agent parts that open the chat (they answer no inbound message), in order."""
-    return stored_parts(
+    return delivery.stored_parts(
         (Message.chat == chat_id) & (Message.role == Role.AGENT.value) & Message.reply_to.is_null()
     )
 
@@ -230,12 +223,12 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
                     store_opening(chat, hinted(chat, agent, texts), [], completion)
             with database.connection_context():
                 parts = _opening_parts(chat_id)
-        return send_parts(settings, target, parts)
+        return delivery.send_parts(settings, target, parts)
     except (PermanentError, TransientError) as exc:
         # A paced send (the number is at its rate) comes back later; it is no failure.
         if isinstance(exc, PermanentError) or (last_attempt and not isinstance(exc, SenderPaced)):
             if parts:
-                record_part_failure([p.id for p in parts if not p.twilio_sid], exc)
+                delivery.record_part_failure([p.id for p in parts if not p.twilio_sid], exc)
             else:
                 _record_opening_failure(chat, exc)
         raise
@@ -258,7 +251,7 @@ def _record_opening_failure(chat: Chat, exc: Exception) -> None:
     code, reason = code_and_reason(exc)
     now = utcnow()
     with database.connection_context(), database.atomic():
-        ids = store_parts(_target(chat), [""], now, kind=MessageKind.NOTICE)
+        ids = delivery.store_parts(_target(chat), [""], now, kind=MessageKind.NOTICE)
         Message.update(
             status=MessageStatus.FAILED.value,
             error_code=code,

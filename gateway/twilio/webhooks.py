@@ -24,6 +24,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from gateway import events, metrics
 from gateway.agent.analysis import schedule_analysis
 from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
+from gateway.conversations.answering import answer_rows
 from gateway.conversations.consent import set_contact_opt_out
 from gateway.conversations.lifecycle import END_BY_OPT_OUT, end_chat
 from gateway.conversations.sessions import contact_state, find_inbound, pair_key, sms_session, touch_chat
@@ -244,19 +245,18 @@ def record_help_answer(session, help_id: int, our: str, theirs: str, now) -> Non
     Twilio sends it as the TwiML answer to this very request (no SID of its own comes back), so
     it is stored as `sent`; its kind keeps it out of everything the model reads.
     """
-    Message.insert(
-        chat=session.chat_id,
-        role=Role.AGENT.value,
-        kind=MessageKind.HELP_ANSWER.value,
-        content=help_text(session.help_message),
+    [row] = answer_rows(
+        session.chat_id,
+        [help_text(session.help_message)],
+        None,
+        now,
+        reply_to=help_id,
+        kind=MessageKind.HELP_ANSWER,
         status=MessageStatus.SENT.value,
         from_number=our,
         to_number=theirs,
-        reply_to=help_id,
-        part_index=0,
-        created_at=now,
-        updated_at=now,
-    ).execute()
+    )
+    Message.insert(**row).execute()
 
 
 def queue_reply(recorded: Recorded) -> None:
