@@ -58,7 +58,7 @@ from gateway.agent.memory import (
 from gateway.agent.prompt import chat_variables, fill_variables
 from gateway.config import Settings
 from gateway.errors import TransientError
-from gateway.queue import job_is_live, redis_for, retry_policy
+from gateway.queue import job_is_live, retry_policy
 from gateway.storage.db import database
 from gateway.storage.models import Agent, Chat, Message, Role, utcnow
 
@@ -303,16 +303,14 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
             log.warning("analysis: chat %s not analysed: %s", chat_id, over_budget)
             return None
         request = analysis_request(chat, agent, rows, older_left_out, fields)
-        completion = structured.complete_json(
+        completion = structured.complete_json_counted(
             settings,
+            agent.agent_id,
             model=model_for(agent, settings),
             messages=request,
             name="chat_analysis",
             schema=analysis_schema(fields),
-            redis=redis_for(settings),
-            agent_id=agent.agent_id,
         )
-        spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
         parsed = parse_analysis(completion.text, fields)
         if parsed is None:
             job = get_current_job()

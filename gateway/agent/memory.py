@@ -266,16 +266,14 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
     over_budget = spend.budget_refusal(settings, agent)
     if over_budget:
         return MemoryOutcome("skipped", over_budget)
-    completion = structured.complete_json(
+    completion = structured.complete_json_counted(
         settings,
+        agent.agent_id,
         model=model_for(agent, settings),
         messages=request,
         name="summary",
         schema=SUMMARY_SCHEMA,
-        redis=redis_for(settings),
-        agent_id=agent.agent_id,
     )
-    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     summary = clip(summary_text(completion.text), SUMMARY_MAX_CHARS)
     if not summary:
         return MemoryOutcome("skipped", "empty answer")
@@ -409,16 +407,9 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
     over_budget = spend.budget_refusal(settings, agent)
     if over_budget:
         return MemoryOutcome("skipped", over_budget)
-    completion = structured.complete_json(
-        settings,
-        model=model,
-        messages=request,
-        name="profile",
-        schema=PROFILE_SCHEMA,
-        redis=redis_for(settings),
-        agent_id=agent.agent_id,
+    completion = structured.complete_json_counted(
+        settings, agent.agent_id, model=model, messages=request, name="profile", schema=PROFILE_SCHEMA
     )
-    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
     updated = parse_json_object(completion.text)
     if updated is not None:
         # Strict schemas make every key present; unknown ones arrive as null or empty.

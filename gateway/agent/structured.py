@@ -18,9 +18,10 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from gateway.agent import llm
+from gateway.agent import llm, spend
 from gateway.config import Settings
 from gateway.errors import PermanentError
+from gateway.queue import redis_for
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,24 @@ def complete_json(
             remember_kind(redis, key, kind)
         return completion
     raise AssertionError("unreachable: the instructions-only attempt returns or raises")
+
+
+def complete_json_counted(
+    settings: Settings, agent_id: str, *, model: str, messages: list[dict[str, Any]], name: str, schema: dict
+) -> llm.Completion:
+    """`complete_json` for a background job of an agent (summary, profile, analysis): the kind that
+    worked is remembered in Redis, and the call's tokens count against the agent's daily budget."""
+    completion = complete_json(
+        settings,
+        model=model,
+        messages=messages,
+        name=name,
+        schema=schema,
+        redis=redis_for(settings),
+        agent_id=agent_id,
+    )
+    spend.record_tokens(settings, agent_id, completion.prompt_tokens, completion.completion_tokens)
+    return completion
 
 
 def nullable(kind: str, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ operator who took the chat over while the model was thinking wins, and the answe
 
 The retry and fallback policy lives here too. A job (SMS reply, opening) is retried by RQ with the
 agent's backoff, and on its last attempt a final failure brings the agent's fallback text
-(`falls_back`, `fallback_text`); an API request retries in process (`ask_with_retries`), its
+(`falls_back`, `fallback_text`); an API request retries in process (`with_retries`), its
 sleeps capped because a caller holds the HTTP request open.
 
 Each transport keeps only its own part: SMS splits, sends and handles opt-out and keywords
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -101,23 +102,17 @@ def retry_sleep(retry_delay: float, attempt: int) -> float:
     return min(MAX_RETRY_SLEEP, base * random.uniform(0.75, 1.25))
 
 
-def ask_with_retries(
-    settings: Settings,
-    agent: Agent,
-    chat: Chat | None,
-    messages: list[dict[str, Any]],
-    offered: list[dict[str, Any]] | None = None,
-    tool_choice: str = "auto",
-) -> llm.Completion:
-    """`ask`, with TransientError retried `agent.retry_attempts` times in process (PermanentError not).
+def with_retries(settings: Settings, agent: Agent, call: Callable[[], llm.Completion]) -> llm.Completion:
+    """`call()` (one `ask`), with TransientError retried `agent.retry_attempts` times in process.
 
-    The budget is checked before each retry too: tokens spent by others meanwhile count.
+    PermanentError is not retried. The budget is checked before each retry too: tokens spent by
+    others meanwhile count.
     """
     slept = 0.0
     attempt = 0
     while True:
         try:
-            return ask(settings, agent, chat, messages, offered, tool_choice)
+            return call()
         except TransientError as exc:
             if attempt >= agent.retry_attempts:
                 raise
@@ -142,19 +137,20 @@ def answer_with_tools(
     retries: bool = False,
 ) -> tools.ToolRun:
     """The turn's answer: the model offered the agent's tools (gateway/agent/tools.py runs the calls),
-    each round one `ask` (`ask_with_retries` with `retries`, for a caller holding an HTTP request).
+    each round one `ask` (`with_retries` with `retries`, for a caller holding an HTTP request).
 
     Without a chat (nobody to tell a tool about) or without tools, it is one model call.
     """
     chat_ref = tools.ChatRef.of(chat) if chat is not None else None
-    one_call = ask_with_retries if retries else ask
-    return tools.run(
-        settings,
-        agent,
-        chat_ref,
-        messages,
-        call=lambda turn, offered, choice: one_call(settings, agent, chat, turn, offered, choice),
-    )
+
+    def one_call(
+        turn: list[dict[str, Any]], offered: list[dict[str, Any]] | None, choice: str
+    ) -> llm.Completion:
+        if retries:
+            return with_retries(settings, agent, lambda: ask(settings, agent, chat, turn, offered, choice))
+        return ask(settings, agent, chat, turn, offered, choice)
+
+    return tools.run(settings, agent, chat_ref, messages, call=one_call)
 
 
 def falls_back(agent: Agent, error: GatewayError, last_attempt: bool) -> bool:
