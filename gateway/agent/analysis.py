@@ -91,7 +91,16 @@ ANALYSIS_INSTRUCTIONS = (
 class AnalysisField(BaseModel):
     """One custom post-chat analysis field: the shape the API accepts and the job reads."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # The document says what _choices_only_on_enum checks: choices with (and only with) type enum.
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "enum"}}, "required": ["type"]},
+            "then": {"required": ["choices"], "properties": {"choices": {"type": "array"}}},
+            "else": {"properties": {"choices": {"type": "null"}}},
+        },
+    )
 
     name: Annotated[str, Field(pattern=FIELD_NAME_PATTERN, description="Letters, digits and _, unique.")]
     type: Literal["string", "number", "boolean", "enum"] = "string"

@@ -23,7 +23,7 @@ def person_or_422(phone_number: str) -> str:
 
 PERSON = {
     "phone_number": PathParam(
-        {"type": "string"},
+        {"type": "string", "pattern": r"^\s*\+"},
         "The person's number in E.164 form (`+` may be sent as is or as %2B).",
         person_or_422,
     )

@@ -165,7 +165,9 @@ def document() -> dict[str, Any]:
             "description": "The chat API under /v1 (JSON, `Authorization: Bearer $GATEWAY_API_KEY`; while "
             "GATEWAY_API_KEY is unset every /v1 route but this document answers 401), Twilio's webhooks and "
             'the health probes. Errors: `{"error": {"code", "message", "field"?}}`. Unknown body fields and '
-            "unknown query parameters are refused (422).",
+            "unknown query parameters are refused (422), and so is a string anywhere in a request (keys of "
+            "free-form objects too) holding a NUL character or an unpaired surrogate, which no database "
+            "can store.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],

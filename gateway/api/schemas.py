@@ -105,6 +105,13 @@ def _e164(value: str) -> str:
     return normalized
 
 
+# "Not blank" as a pattern: a character str.strip() keeps, listed out because ECMA-262's \s and
+# Python's differ (\x1c-\x1f, \x85, \ufeff).
+NOT_BLANK = (
+    "[^\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+
+
 def _not_blank(value: str) -> str:
     """Refuse a string of spaces only."""
     if not value.strip():
@@ -140,6 +147,9 @@ def integer(ge: int, le: int = MAX_INT) -> Any:
 
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, examples=[DEFAULT_AGENT_ID])]
+# What a number's spelling must look like (normalize_e164 checks it, then the numbering plan, which
+# no pattern can hold): a `+` first, at most 32 characters.
+E164_SHAPE = {"pattern": r"^\+", "maxLength": 32}
 E164 = Annotated[
     str,
     AfterValidator(_e164),
@@ -147,8 +157,12 @@ E164 = Annotated[
         description="A phone number in E.164 form, e.g. +14155550123 (other spellings of a valid number "
         "are accepted and stored in E.164 form).",
         examples=["+14155550123"],
+        json_schema_extra=E164_SHAPE,
     ),
 ]
+
+
+WHATSAPP_PREFIX = "^[Ww][Hh][Aa][Tt][Ss][Aa][Pp][Pp]:"  # `whatsapp:`, in any case
 
 
 def _without_whatsapp_prefix(value: Any) -> Any:
@@ -166,6 +180,7 @@ ChannelNumber = Annotated[
         description="A phone number in E.164 form, e.g. +14155550123 (other spellings of a valid number are "
         "accepted; a `whatsapp:` prefix is accepted too, and added by the gateway on `channel` whatsapp).",
         examples=["+14155550123"],
+        json_schema_extra={"pattern": f"^({WHATSAPP_PREFIX[1:]})?\\+", "maxLength": 41},
     ),
 ]
 Timestamp = Annotated[
@@ -367,6 +382,7 @@ class AgentSettings(Body):
         Field(
             max_length=6,
             description="The events sent; null: chat_started, chat_ended, chat_analyzed and chat_handoff.",
+            json_schema_extra={"uniqueItems": True},
         ),
         AfterValidator(_unique_events),
     ] = column_default(A.webhook_events)
@@ -564,6 +580,7 @@ class ChatListQuery(Query):
             description="Only SMS and WhatsApp chats with this person (any spelling of the number; a `+` "
             "sent unencoded, which arrives as a space, is read as `+`).",
             examples=["+14155550123"],
+            json_schema_extra={"pattern": r"^[+ ]"},
         ),
     ] = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT
@@ -759,7 +776,12 @@ class CompletionRequest(Body):
 
     content: Annotated[
         str,
-        Field(min_length=1, max_length=32_000, description="The user's message; not blank."),
+        Field(
+            min_length=1,
+            max_length=32_000,
+            description="The user's message; not blank.",
+            json_schema_extra={"pattern": NOT_BLANK},
+        ),
         AfterValidator(_not_blank),
     ]
 
@@ -772,6 +794,34 @@ class CompletionResponse(Out):
 
 class SmsChatCreate(Body):
     """POST /v1/sms-chats: start an outbound SMS or WhatsApp conversation."""
+
+    # The document states the rules between fields that _prefix_matches_channel and create_sms_chat
+    # check: a whatsapp: number needs channel whatsapp; content_variables need a content_sid; a
+    # template (content_sid) comes without message and media_urls.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                *(
+                    {
+                        "if": {"properties": {name: {"pattern": WHATSAPP_PREFIX}}, "required": [name]},
+                        "then": {"properties": {"channel": {"const": "whatsapp"}}, "required": ["channel"]},
+                    }
+                    for name in ("from_number", "to_number")
+                ),
+                {
+                    "if": {
+                        "properties": {"content_variables": {"type": "object"}},
+                        "required": ["content_variables"],
+                    },
+                    "then": {"properties": {"content_sid": {"type": "string"}}, "required": ["content_sid"]},
+                },
+                {
+                    "if": {"properties": {"content_sid": {"type": "string"}}, "required": ["content_sid"]},
+                    "then": {"properties": {"message": {"type": "null"}, "media_urls": {"maxItems": 0}}},
+                },
+            ]
+        }
+    )
 
     from_number: Annotated[ChannelNumber, Field(description="Our Twilio number the conversation comes from.")]
     to_number: Annotated[ChannelNumber, Field(description="The person's number.")]

@@ -22,7 +22,7 @@ from gateway.api.agents import agent_for_field
 from gateway.api.chats import emit_event, messages_of
 from gateway.api.contract import json_response, operation
 from gateway.api.errors import ApiError, invalid_field
-from gateway.api.schemas import SmsChatCreate, SmsChatStarted
+from gateway.api.schemas import NOT_BLANK, SmsChatCreate, SmsChatStarted
 from gateway.api.serializers import chat_detail_out, iso
 from gateway.conversations.agents import outbound_agent_for
 from gateway.conversations.outbound import OutboundRefused, OutboundRequest, scheduled_for, start_sms_chat
@@ -38,7 +38,8 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+    # Not blank: the key is read with surrounding spaces stripped, and an empty one is refused.
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": NOT_BLANK},
     "description": "A retried call with the same key and body gets the first answer (with header "
     "`Idempotent-Replayed: true`) and starts nothing twice; the same key with another body gets 409 "
     "`idempotency_key_reused`.",

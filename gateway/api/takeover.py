@@ -16,7 +16,7 @@ from pydantic import Field
 from gateway.api.chats import CHAT_ID, detail, get_chat_or_404
 from gateway.api.contract import operation
 from gateway.api.errors import ApiError
-from gateway.api.schemas import Body, ChatDetail
+from gateway.api.schemas import NOT_BLANK, Body, ChatDetail
 from gateway.conversations import operator
 
 REFUSALS = "Not an SMS chat (`not_sms_chat`), or not ongoing (`chat_not_ongoing`)."
@@ -30,7 +30,9 @@ class OperatorMessageCreate(Body):
         Field(
             min_length=1,
             max_length=operator.MAX_TEXT,
-            description="Sent by SMS as the operator's words, split into parts like an agent reply.",
+            description="Sent by SMS as the operator's words, split into parts like an agent reply; "
+            "not blank.",
+            json_schema_extra={"pattern": NOT_BLANK},
         ),
     ]
 
