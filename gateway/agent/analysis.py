@@ -56,6 +56,7 @@ from gateway.agent.memory import (
     transcript,
 )
 from gateway.agent.prompt import chat_variables, fill_variables
+from gateway.agent.text import SPACE
 from gateway.config import Settings
 from gateway.errors import TransientError
 from gateway.queue import job_is_live, retry_policy
@@ -106,7 +107,7 @@ class AnalysisField(BaseModel):
     type: Literal["string", "number", "boolean", "enum"] = "string"
     description: Annotated[str, Field(max_length=2000, description="What the model should judge.")] = ""
     choices: Annotated[
-        list[Annotated[str, Field(min_length=1, pattern=r"\S")]] | None,
+        list[Annotated[str, Field(min_length=1, pattern=f"[^{SPACE}]")]] | None,
         Field(min_length=1, exclude_if=lambda v: v is None, description="The allowed values; enum only."),
     ] = None
 

@@ -11,6 +11,13 @@ from markdown_it.tree import SyntaxTreeNode
 # Twilio refuses a body longer than 1,600 characters (error 21617).
 SMS_MAX_CHARS = 1600
 
+# Whitespace spelled out for regex patterns. pydantic's (Rust) \s, ECMA-262's (the OpenAPI
+# document) and Python's disagree at the edges (\x1c-\x1f, \x85, \ufeff), so a pattern that must
+# mean the same to the server and to the document lists its characters. SPACE is Unicode's
+# White_Space (Rust's \s); STRIPPED is what str.strip() removes.
+SPACE = r"\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+STRIPPED = r"\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
 _md = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 _TAG = re.compile(r"<[^>]+>")
 _EXTRA_BLANK_LINES = re.compile(r"\n{3,}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from gateway.agent.text import STRIPPED
 from gateway.api.contract import PathParam, operation
 from gateway.api.errors import invalid_field, not_found
 from gateway.api.schemas import Contact, ContactErased, ContactExport, ContactOptOut, normalize_e164
@@ -23,7 +24,7 @@ def person_or_422(phone_number: str) -> str:
 
 PERSON = {
     "phone_number": PathParam(
-        {"type": "string", "pattern": r"^\s*\+"},
+        {"type": "string", "pattern": f"^[{STRIPPED}]*\\+"},
         "The person's number in E.164 form (`+` may be sent as is or as %2B).",
         person_or_422,
     )

@@ -32,7 +32,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
-from gateway.agent.text import SMS_MAX_CHARS
+from gateway.agent.text import SMS_MAX_CHARS, SPACE, STRIPPED
 from gateway.agent.tools import Tool, Tools
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
@@ -105,11 +105,8 @@ def _e164(value: str) -> str:
     return normalized
 
 
-# "Not blank" as a pattern: a character str.strip() keeps, listed out because ECMA-262's \s and
-# Python's differ (\x1c-\x1f, \x85, \ufeff).
-NOT_BLANK = (
-    "[^\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
-)
+# "Not blank" as a pattern: a character str.strip() keeps.
+NOT_BLANK = f"[^{STRIPPED}]"
 
 
 def _not_blank(value: str) -> str:
@@ -371,7 +368,7 @@ class AgentSettings(Body):
         str | None,
         Field(
             max_length=2000,
-            pattern=r"^https?://[^\s/@]+(/\S*)?$",
+            pattern=f"^https?://[^{SPACE}/@]+(/[^{SPACE}]*)?$",
             description="Where this agent's chat events are POSTed, signed (README: Chat event webhooks); "
             "null: EVENTS_WEBHOOK_URL. Private, loopback and link-local addresses are refused at delivery "
             "unless ALLOW_PRIVATE_URLS=1.",
