@@ -46,6 +46,10 @@ BEYOND_THE_SCHEMA = [
     ("timezone", "is not an IANA timezone name"),
     # Names unique across the list: uniqueItems compares whole items, not one key of each.
     ("analysis_fields", "is used twice"),
+    ("tools", "is listed twice"),
+    # A tool's parameters schema, measured once serialized; a URL whose port or host urllib can't read.
+    (None, "parameters is longer than"),
+    (None, "cannot be read"),
     # Two fields compared with each other.
     ("to_number", "must differ from from_number"),
     # State: only keys this API handed out, agents that exist, numbers the gateway has.

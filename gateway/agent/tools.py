@@ -48,6 +48,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway import metrics, safe_http
 from gateway.agent import llm
+from gateway.agent.text import SPACE
 from gateway.config import Settings
 from gateway.errors import GatewayError, TransientError, http_status_is_transient
 from gateway.events import SIGNATURE_HEADER, sign
@@ -130,6 +131,13 @@ def _not_built_in(name: str) -> str:
     return name
 
 
+# An http(s) URL with a host (not empty, not a bare :port, no ? or # before it) and no credentials,
+# so what check_url_shape refuses the document refuses too (but for what urllib cannot parse);
+# whitespace spelled out so pydantic and the OpenAPI document agree (see gateway.agent.text.SPACE).
+# Agent webhook URLs take the same.
+HTTP_URL_PATTERN = f"^https?://[^{SPACE}/?#@:][^{SPACE}/?#@]*(/[^{SPACE}]*)?$"
+
+
 class FunctionTool(BaseModel):
     """A function of the business's own that the model may call; the gateway POSTs to its URL."""
 
@@ -138,20 +146,28 @@ class FunctionTool(BaseModel):
     type: Literal["function"]
     name: Annotated[
         str,
-        Field(pattern=TOOL_NAME_PATTERN, description="Letters, digits, _ and - (1-64), unique in the list."),
+        Field(
+            pattern=TOOL_NAME_PATTERN,
+            description="Letters, digits, _ and - (1-64), unique in the list; not a built-in's name.",
+            json_schema_extra={"not": {"enum": list(BUILT_INS)}},  # what _not_built_in checks
+        ),
         AfterValidator(_not_built_in),
     ]
     description: Annotated[str, Field(max_length=2000, description="What it does, for the model.")] = ""
     parameters: Annotated[
         dict[str, Any],
-        Field(description='The JSON Schema of its arguments ("type": "object").'),
+        Field(
+            description='The JSON Schema of its arguments ("type": "object").',
+            # What _schema_object checks, but for its length once serialized (no JSON Schema word for it).
+            json_schema_extra={"properties": {"type": {"const": "object"}}, "required": ["type"]},
+        ),
         AfterValidator(_schema_object),
     ] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     url: Annotated[
         str,
         Field(
             max_length=2000,
-            pattern=r"^https?://[^\s/@]+(/\S*)?$",
+            pattern=HTTP_URL_PATTERN,
             description="Where the call is POSTed, signed. Private, loopback and link-local addresses are "
             "refused at call time unless ALLOW_PRIVATE_URLS=1.",
         ),
@@ -209,6 +225,7 @@ Tools = Annotated[
         max_length=MAX_TOOLS,
         description="Functions the model may call (POSTed to their URL, signed like the event webhooks) and "
         'the built-ins {"type": "end_chat"} and {"type": "handoff_to_human"}. Names are unique.',
+        json_schema_extra={"uniqueItems": True},  # names unique is more than this; see _unique_names
     ),
     AfterValidator(_unique_names),
 ]

@@ -32,8 +32,8 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from gateway.agent.analysis import AnalysisField, AnalysisFields
-from gateway.agent.text import SMS_MAX_CHARS, SPACE, STRIPPED
-from gateway.agent.tools import Tool, Tools
+from gateway.agent.text import SMS_MAX_CHARS, STRIPPED
+from gateway.agent.tools import HTTP_URL_PATTERN, Tool, Tools
 from gateway.conversations.agents import DEFAULT_AGENT_ID
 from gateway.storage import models as rows
 from gateway.storage.models import (
@@ -368,7 +368,7 @@ class AgentSettings(Body):
         str | None,
         Field(
             max_length=2000,
-            pattern=f"^https?://[^{SPACE}/@]+(/[^{SPACE}]*)?$",
+            pattern=HTTP_URL_PATTERN,
             description="Where this agent's chat events are POSTed, signed (README: Chat event webhooks); "
             "null: EVENTS_WEBHOOK_URL. Private, loopback and link-local addresses are refused at delivery "
             "unless ALLOW_PRIVATE_URLS=1.",
