@@ -110,6 +110,23 @@ def test_api_chat_events_arrive_signed_and_verify_with_the_readme_example(
     assert all(a["outcome"] == "delivered" and a["status_code"] == 200 for a in log["attempts"])
 
 
+def test_ending_a_chat_in_the_console_sends_chat_ended(client, worker, receiver):
+    """The console's End chat tells the agent's webhook, as the API's End chat does."""
+    from tests.test_console import csrf_from, sign_in
+
+    agent = create_agent(client, webhook_url=receiver.url + "/hooks", webhook_events=["chat_ended"])
+    chat = client.post(
+        "/v1/chats", json={"agent_id": agent["agent_id"], "user_id": "u2"}, headers=AUTH
+    ).get_json()
+    sign_in(client)
+    page = client.get(f"/console/chats/{chat['chat_id']}").get_data(as_text=True)
+    ended = client.post(f"/console/chats/{chat['chat_id']}/end", data={"csrf_token": csrf_from(page)})
+    assert ended.status_code == 302
+    wait_for(lambda: [b for b in receiver.bodies() if b["event"] == "chat_ended"], message="chat_ended")
+    [body] = receiver.bodies()
+    assert body["chat"]["chat_id"] == chat["chat_id"] and body["chat"]["end_reason"] == "operator"
+
+
 def test_a_failing_receiver_is_retried_and_sms_events_use_the_gateway_default(
     client, app, worker, fake_model, fake_twilio, receiver
 ):

@@ -10,6 +10,7 @@ import logging
 from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from peewee import fn
 
+from gateway import events
 from gateway.agent.memory import profile_key_for
 from gateway.api.errors import ApiError
 from gateway.api.paging import page_of_chats
@@ -212,9 +213,12 @@ def chat_live(chat_id: str):
 
 @bp.post("/chats/<chat_id>/end")
 def end_chat(chat_id: str):
-    """End an ongoing chat (its post-chat analysis is queued)."""
+    """End an ongoing chat (its post-chat analysis and its chat_ended event are queued)."""
     chat = chat_or_404(chat_id)
-    if operator.end_chat_by_operator(chat.chat_id, current_app.task_queue):  # type: ignore[attr-defined]
+    queue = current_app.task_queue  # type: ignore[attr-defined]
+    if operator.end_chat_by_operator(chat.chat_id, queue):
+        # The agent's webhook hears of it as of any other end (the API's End chat does the same).
+        events.emit(queue, current_app.config["SETTINGS"], events.CHAT_ENDED, chat.chat_id)
         flash("The chat is ended.")
     else:
         flash(f"The chat is {chat.chat_status}, not ongoing: nothing to end.")
