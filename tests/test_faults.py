@@ -143,8 +143,10 @@ def test_redis_stopped_for_10_seconds_mid_burst(rig, capsys):
     report(tally, capsys)
     assert supervisor.pids() == pids and supervisor.restarts == 0  # the same processes throughout
     logs = supervisor.logs()
-    assert logs.count("Redis is unreachable") == 2  # one line per worker process
-    assert logs.count("Redis is reachable again") == 2
+    # One line each way per worker process, not a line per poll. A dead pooled connection met
+    # just after Redis is back may count as one more short outage, so allow one more per process.
+    went, back = logs.count("Redis is unreachable"), logs.count("Redis is reachable again")
+    assert 2 <= went <= 4 and back == went, (went, back)
     assert "Traceback" not in logs
 
 
