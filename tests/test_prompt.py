@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
+from peewee import fn
 
+from gateway.agent.history import in_conversation, recent_messages
 from gateway.agent.prompt import build_messages, fill_variables
 from gateway.config import Settings
 from gateway.storage import db
@@ -234,6 +237,37 @@ def test_cost_does_not_grow_with_chat_length(database):
 
     messages = build_messages(long_chat, agent, SETTINGS)
     assert messages[1]["content"].split("\n") == [f"l{i}" for i in range(1980, 2000)]
+
+
+def by_position(chat: Chat, limit: int, upto: int | None = None) -> list[int]:
+    """The window `recent_messages` must return, by the plain (whole-chat sort) definition."""
+    position = fn.COALESCE(Message.reply_to, Message.id)
+    query = Message.select(Message.id).where((Message.chat == chat.chat_id) & in_conversation())
+    if upto is not None:
+        query = query.where(position <= upto)
+    return [row.id for row in query.order_by(position.desc(), Message.id.desc()).limit(limit)][::-1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_matches_its_definition_with_replies_far_back(database, seed):
+    """Replies sit after the text they answer, even one answering a text from long ago (the rare case
+    the index read cannot settle alone), with and without `upto_message_id`."""
+    rng = random.Random(seed)
+    agent = Agent.create(system_prompt="S")
+    chat = make_chat(agent)
+    texts: list[Message] = []
+    for i in range(120):
+        if texts and rng.random() < 0.4:
+            # Mostly the newest text; now and then one far back (a reply held up for a long time).
+            answered = texts[-1] if rng.random() < 0.8 else rng.choice(texts[: max(1, len(texts) // 4)])
+            for part in range(rng.choice((1, 1, 2, 5, 30))):  # a long reply's many parts
+                agent_part(chat, f"a{i}.{part}", answered, part)
+        else:
+            texts.append(user(chat, f"q{i}"))
+    for limit in (1, 3, 10, 40, 200):
+        for upto in (None, texts[len(texts) // 2].id, texts[-1].id):
+            got = [row.id for row in recent_messages(chat, limit, upto_message_id=upto)]
+            assert got == by_position(chat, limit, upto), (limit, upto)
 
 
 def test_the_texts_being_answered_always_reach_the_model(app, settings):

@@ -50,7 +50,7 @@ def transcript_lines(rows: list[Message], clip_to: int) -> str:
 
 
 def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = None) -> list[Message]:
-    """The newest `limit` messages of the chat, oldest first, in ONE bounded query.
+    """The newest `limit` messages of the chat, oldest first, read as a bounded index range.
 
     Agent parts that never left (failed before Twilio took them) are not part of the
     conversation the person saw, so they are left out. A reply sits right after the text it
@@ -65,7 +65,16 @@ def recent_messages(chat: Chat, limit: int, *, upto_message_id: int | None = Non
     query = Message.select().where((Message.chat == chat.chat_id) & in_conversation())
     if upto_message_id is not None:
         query = query.where(position <= upto_message_id)
-    rows = list(query.order_by(position.desc(), Message.id.desc()).limit(limit))
+    # Ordering by position cannot use the (chat, id) index: on a long chat the database would
+    # sort every row. So read the newest rows by id (an index range) with room to spare, and
+    # order those. A row left out has id, hence position (reply_to < id), below every row read:
+    # when the limit-th position read is at least the lowest id read, nothing left out belongs.
+    read = list(query.order_by(Message.id.desc()).limit(2 * limit + 10))
+    lowest_id_read = read[-1].id if read else 0
+    read.sort(key=lambda row: (row.reply_to_id or row.id, row.id), reverse=True)
+    rows = read[:limit]
+    if len(read) == 2 * limit + 10 and (rows[-1].reply_to_id or rows[-1].id) < lowest_id_read:
+        rows = list(query.order_by(position.desc(), Message.id.desc()).limit(limit))  # rare: replies far back
     rows.reverse()
     return rows
 
