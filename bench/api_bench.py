@@ -77,6 +77,7 @@ CHAT_COLUMNS = (
     "chat_id",
     "agent_id",
     "chat_type",
+    "channel",
     "chat_status",
     "user_id",
     "metadata",
@@ -100,6 +101,7 @@ def chat_rows(n: int, now: datetime):
             f"chat_{i:08d}{(i * 2654435761) % 10**8:08d}",
             AGENTS[i % len(AGENTS)],
             "sms_chat" if i % 10 == 3 else "api_chat",
+            "sms",  # the column's default: API chats and SMS chats alike
             "ongoing" if ongoing else "ended",
             f"user_{(i * 7919) % USERS}",
             json.dumps({"n": i}),
