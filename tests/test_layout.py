@@ -104,3 +104,24 @@ def test_every_package_says_what_it_holds():
             continue
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc, f"{init.relative_to(ROOT)} has no docstring"
+
+
+# Every function path an earlier release put on RQ (jobs and cron entries name their function by
+# dotted path in Redis). A job queued before an upgrade runs after it only if its path still imports.
+QUEUED_BY_EARLIER_RELEASES = (
+    "workers.jobs.reply_to_message",
+    "workers.jobs.send_opening",
+    "workers.jobs.sweep_unanswered",
+    "workers.jobs.close_silent_chats",
+    "workers.memory_jobs.update_summary",
+    "workers.memory_jobs.update_profile",
+    "workers.memory_jobs.analyze_chat",
+)
+
+
+@pytest.mark.parametrize("path", QUEUED_BY_EARLIER_RELEASES)
+def test_jobs_queued_before_an_upgrade_still_find_their_function(path):
+    """RQ resolves a queued job's function the way it does when the job runs."""
+    from rq.utils import import_attribute
+
+    assert callable(import_attribute(path))
