@@ -1,12 +1,14 @@
-"""workers/pool.py builds on RQ internals; this names the one that went missing after an RQ upgrade.
+"""The worker (workers/pool.py, runner.py) builds on RQ internals; this names one gone after an upgrade.
 
 pyproject.toml pins rq to the minor version pool.py was written against. Before raising the pin,
-run this file against the new rq: every name pool.py imports, calls, overrides or reads must still
-exist (an override of a method RQ no longer has is never called, silently).
+run this file against the new rq: every name the code imports from rq (read from the source), and
+every name pool.py and runner.py call, override or read, must still exist (an override of a method
+RQ no longer has is never called, silently).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -17,36 +19,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (module, name) that pool.py imports.
-IMPORTED = [
-    ("rq.command", "parse_payload"),
-    ("rq.defaults", "DEFAULT_LOGGING_DATE_FORMAT"),
-    ("rq.defaults", "DEFAULT_LOGGING_FORMAT"),
-    ("rq.exceptions", "DequeueTimeout"),
-    ("rq.exceptions", "NoSuchJobError"),
-    ("rq.exceptions", "StopRequested"),
-    ("rq.executions", "Execution"),
-    ("rq.job", "Job"),
-    ("rq.job", "JobStatus"),
-    ("rq.queue", "Queue"),
-    ("rq.rate_limit", "RateLimitRegistry"),  # workers/jobs.py, freeing a chat's leaked slot
-    ("rq.registry", "StartedJobRegistry"),
-    ("rq.registry", "clean_registries"),
-    ("rq.scheduler", "RQScheduler"),
-    ("rq.scripts", "release_lock"),
-    ("rq.timeouts", "BaseDeathPenalty"),
-    ("rq.timeouts", "JobTimeoutException"),
-    ("rq.utils", "current_timestamp"),
-    ("rq.utils", "now"),
-    ("rq.utils", "utcparse"),
-    ("rq.worker", "SimpleWorker"),
-    ("rq.worker", "Worker"),
-    ("rq.worker", "WorkerStatus"),
-    ("rq.worker_registration", "clean_worker_registry"),
-    ("rq.worker_registration", "register"),
-    ("rq.worker.base", "BaseWorker"),
-    ("rq.worker.base", "DequeueStrategy"),
-]
+
+# (module, name) pairs the code imports from rq: read from the source, so a new import is checked
+# without anyone remembering to list it here.
+def _rq_imports() -> list[tuple[str, str]]:
+    """Every `from rq... import name` in gateway/ and workers/."""
+    found = set()
+    for path in sorted([*ROOT.joinpath("gateway").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rq":
+                found.update((node.module, alias.name) for alias in node.names)
+    return sorted(found)
+
+
+IMPORTED = _rq_imports()
 
 # Class attributes pool.py calls, overrides (RQ must still call them) or reads.
 CLASS_ATTRIBUTES = {
@@ -82,6 +68,11 @@ CLASS_ATTRIBUTES = {
     "rq.worker.WorkerStatus": ["IDLE"],
     "rq.worker.base.DequeueStrategy": ["DEFAULT"],
     "rq.scheduler.RQScheduler.Status": ["STARTED"],
+    # workers/runner.py: the cron thread
+    "rq.cron.CronJob": ["enqueue", "job_history_key"],
+    "rq.cron.CronScheduler": [
+        "enqueue_jobs", "save", "heartbeat", "calculate_sleep_interval", "register_birth", "register_death",
+    ],
 }  # fmt: skip
 
 # Attributes set by RQ's constructors that pool.py reads or writes.
@@ -108,6 +99,11 @@ KEYWORDS = {
         "connection", "logging_level", "date_format", "log_format", "serializer", "name",
     ],
     "rq.registry.StartedJobRegistry.cleanup": ["timestamp", "exception_handlers"],
+    "rq.cron.CronJob.__init__": [
+        "queue_name", "func_name", "interval", "job_timeout", "result_ttl", "failure_ttl",
+    ],
+    "rq.cron.CronScheduler.__init__": ["connection", "name"],
+    "rq.cron_job_registry.add": ["enqueue_timestamp"],
 }  # fmt: skip
 
 
@@ -128,8 +124,8 @@ def _resolve(dotted: str):
 def _missing(what: str) -> str:
     """The failure message: which name, and what to do about it."""
     return (
-        f"rq {version('rq')} has no {what}, which workers/pool.py uses: "
-        "keep rq at the version pinned in pyproject.toml, or adapt workers/pool.py"
+        f"rq {version('rq')} has no {what}, which the worker uses (workers/pool.py, workers/runner.py): "
+        "keep rq at the version pinned in pyproject.toml, or adapt the worker"
     )
 
 
@@ -145,7 +141,7 @@ def test_rq_is_pinned_to_one_minor_version():
 
 @pytest.mark.parametrize(("module", "name"), IMPORTED)
 def test_imported_names_exist(module, name):
-    """Every name pool.py imports from rq."""
+    """Every name the code imports from rq."""
     assert hasattr(importlib.import_module(module), name), _missing(f"{module}.{name}")
 
 
@@ -180,3 +176,16 @@ def test_instance_attributes_exist(redis_conn):
     for attr in SCHEDULER_INSTANCE_ATTRIBUTES:
         assert hasattr(scheduler, attr), _missing(f"RQScheduler instance attribute {attr}")
     assert hasattr(BaseDeathPenalty(1, Exception), "_timeout"), _missing("BaseDeathPenalty._timeout")
+
+
+def test_cron_instance_attributes_exist(redis_conn):
+    """What workers/runner.py reads on RQ's cron objects, or appends to (a job named by dotted path)."""
+    from rq.cron import CronJob, CronScheduler
+
+    scheduler = CronScheduler(connection=redis_conn, name="rq-internals")
+    for attr in ("_cron_jobs", "name"):
+        assert hasattr(scheduler, attr), _missing(f"CronScheduler instance attribute {attr}")
+    assert isinstance(scheduler._cron_jobs, list), _missing("CronScheduler._cron_jobs as a list")
+    job = CronJob(queue_name="rq-internals", func_name="workers.jobs.sweep_unanswered", interval=60)
+    for attr in ("name", "func_name", "args", "kwargs", "job_options", "job_history_key"):
+        assert hasattr(job, attr), _missing(f"CronJob instance attribute {attr}")
