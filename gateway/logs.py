@@ -145,21 +145,41 @@ class JsonFormatter(logging.Formatter):
 
 
 class ExpectedFailures(logging.Filter):
-    """Drops RQ's traceback of a job that failed on a GatewayError: the job logged one line already.
+    """RQ's traceback of a job that failed in an expected way becomes at most one line.
 
     A GatewayError is an expected failure of a service (the model, Twilio) with a reason a person
-    can read; a traceback stays for everything else (a bug).
+    can read: the job logged one line already, so RQ's is dropped. A database that went away (a
+    PostgreSQL restart, a terminated backend) fails whatever job was using it; RQ retries the job,
+    and its traceback becomes one line naming the job and the database's error. A traceback stays
+    for everything else (a bug).
     """
 
     EXPECTED = ("gateway.errors.TransientError", "gateway.errors.PermanentError")
+    DATABASE_DOWN = (
+        "peewee.OperationalError",
+        "peewee.InterfaceError",
+        "psycopg2.OperationalError",
+        "psycopg2.InterfaceError",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """False for RQ's "exception raised while executing" line of an expected failure."""
+        """False for RQ's "exception raised while executing" line of an expected failure; one line
+        for a database failure."""
         if not record.name.startswith("rq.") or "exception raised while executing" not in str(record.msg):
             return True
         args = record.args if isinstance(record.args, tuple) else ()
+        # The exception's own line: the last one not indented (a message may go on, indented).
         lines = [line for line in str(args[-1] if args else "").splitlines() if line.strip()]
-        return not (lines and lines[-1].startswith(self.EXPECTED))
+        last = next((line for line in reversed(lines) if not line[0].isspace()), "")
+        if last.startswith(self.EXPECTED):
+            return False
+        if last.startswith(self.DATABASE_DOWN) and len(args) == 4:
+            record.msg = (
+                "Worker %s: job %s (%s) failed on the database: %s; RQ retries it while it has retries"
+            )
+            record.args = (*args[:3], last[:300])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -179,3 +179,24 @@ def test_a_bad_database_url_is_one_line_and_a_failing_exit(tmp_path, redis_serve
     assert len(lines) == 1, lines
     assert says in lines[0] and "hunter2-pass" not in lines[0]
     assert not Path("/nonexistent/smsgw-dir").exists()
+
+
+def test_a_job_failed_by_a_database_outage_is_one_line(captured):
+    """RQ's traceback of a job the database failed (PostgreSQL restarted) is one line naming the error;
+    a job that failed on a bug keeps its traceback."""
+    rq_log = logging.getLogger("rq.worker")
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    g()\n'
+    message = "Worker %s: job %s: exception raised while executing (%s)\n%s"
+    down = (
+        "peewee.OperationalError: server closed the connection unexpectedly\n"
+        "\tThis probably means the server terminated abnormally\n"
+    )
+    rq_log.error(message, "w1", "reply-000000000007", "workers.jobs.reply_to_message", trace + down)
+    rq_log.error(
+        message, "w1", "reply-000000000008", "workers.jobs.reply_to_message", trace + "KeyError: 'x'\n"
+    )
+    lines = captured.getvalue().splitlines()
+    one = [line for line in lines if "reply-000000000007" in line]
+    assert len(one) == 1 and "WARNING" in one[0]
+    assert "failed on the database: peewee.OperationalError: server closed the connection" in one[0]
+    assert "Traceback" in captured.getvalue().split("reply-000000000008", 1)[1]

@@ -389,3 +389,28 @@ def test_chat_without_contact_gets_one(client):
     assert_empty_twiml(post_twilio(client, SMS, form))
     assert only_message(form["MessageSid"]).chat_id == Chat.get().chat_id
     assert Contact.select().count() == 1
+
+
+def test_a_database_outage_is_a_503_in_one_log_line(client, monkeypatch, caplog):
+    """The database gone (a restart): the webhook says 503 and Retry-After (nothing was recorded, so
+    Twilio may try again), /v1 its JSON error; one log line each, no traceback."""
+    from peewee import OperationalError
+
+    from gateway.api import agents
+    from gateway.twilio import webhooks
+    from tests.conftest import GATEWAY_API_KEY
+
+    def gone(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly\n\tThis probably means ...")
+
+    monkeypatch.setattr(webhooks, "record_inbound", gone)
+    monkeypatch.setattr(agents, "default_agent", gone)
+    caplog.set_level("WARNING")
+    response = post_twilio(client, SMS, inbound_sms("hello?"))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "database is unreachable" in response.get_data(as_text=True)
+    api = client.get("/v1/agents", headers={"Authorization": f"Bearer {GATEWAY_API_KEY}"})
+    assert api.status_code == 503 and api.get_json()["error"]["code"] == "unavailable"
+    lines = [r for r in caplog.records if "database is unreachable" in r.getMessage()]
+    assert len(lines) == 2 and not any(r.exc_info for r in caplog.records)
+    assert "server closed the connection unexpectedly" in lines[0].getMessage()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, Response, jsonify, request
-from peewee import DoesNotExist
+from peewee import DoesNotExist, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 
@@ -110,8 +114,26 @@ def handle_vanished_row(exc: DoesNotExist):
     return error_response(404, "not_found", "It was deleted while this request ran.")
 
 
+def handle_database_unreachable(exc: Exception):
+    """The database went away (a restart, a dropped connection): 503, one log line, no traceback.
+
+    Twilio's webhooks get a plain 503 (nothing was recorded; Twilio's retry policy applies), /v1 its
+    JSON error body. A Retry-After tells a client when to try again.
+    """
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    log.warning("%s %s: the database is unreachable (%s); answered 503", request.method, request.path, detail)
+    if _is_api_request():
+        response = error_response(503, "unavailable", "The database is unreachable; try again shortly.")
+    else:
+        response = Response("The database is unreachable; try again shortly.\n", 503, mimetype="text/plain")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers on the app: routing errors (404/405) never reach a blueprint's own."""
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(DoesNotExist, handle_vanished_row)
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(OperationalError, handle_database_unreachable)
+    app.register_error_handler(InterfaceError, handle_database_unreachable)

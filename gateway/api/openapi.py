@@ -55,6 +55,7 @@ COMMON_ERRORS = {
     413: f"The request is larger than {MAX_BODY_BYTES // 1024 // 1024} MiB (`payload_too_large`).",
     422: "A query parameter or field is missing, unknown, of the wrong type or out of range; `error.field` "
     "names it.",
+    503: "The database is unreachable (a restart, a dropped connection): `unavailable`, with Retry-After.",
 }
 BODY_ERRORS = {
     400: "The body is not a JSON object (empty, malformed JSON, NaN, a number out of range), or the "
@@ -233,6 +234,10 @@ TWILIO_RESPONSES = {
     },
     "403": {
         "description": "X-Twilio-Signature missing or wrong.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    "503": {
+        "description": "The database is unreachable: nothing was recorded; Retry-After says when to retry.",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
 }

@@ -52,7 +52,7 @@ from gateway.conversations.delivery import (
 )
 from gateway.conversations.refusals import refuse_reply
 from gateway.errors import GatewayError, PermanentError, TransientError, code_and_reason
-from gateway.storage.db import database, write_transaction
+from gateway.storage.db import database, is_unreachable, write_transaction
 from gateway.storage.models import (
     Agent,
     Channel,
@@ -223,8 +223,17 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
         if last_attempt and exc.code not in (IN_PROGRESS, SENDER_PACED):
             _record_failure(covered, exc)
         raise
-    except Exception as exc:  # a bug or a database outage: RQ sees it; the last attempt records it
-        if last_attempt:
+    except Exception as exc:  # a bug or a database outage: RQ sees it; the last attempt records a bug
+        if last_attempt and is_unreachable(exc):
+            # Nothing can be recorded, and nothing is wrong with the texts: they stay pending, and
+            # the sweep queues their reply again once the database answers.
+            log.warning(
+                "reply to messages %s: the database is unreachable on the last attempt (%s); "
+                "the texts stay pending for the sweep",
+                covered,
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__,
+            )
+        elif last_attempt:
             _record_failure(covered, PermanentError(f"Internal error: {exc!r}"[:500], "internal_error"))
         raise
 
@@ -430,8 +439,13 @@ def _record_failure(message_ids: list[int], error: Exception) -> None:
                 & (Message.role == Role.AGENT.value)
                 & Message.twilio_sid.is_null()
             ).execute()
-    except Exception:  # the original error is re-raised by the caller; do not mask it
-        log.exception("could not record the failure of messages %s", message_ids)
+    except Exception as exc:  # the original error is re-raised by the caller; do not mask it
+        if is_unreachable(exc):
+            log.warning(
+                "could not record the failure of messages %s: the database is unreachable", message_ids
+            )
+        else:
+            log.exception("could not record the failure of messages %s", message_ids)
 
 
 def _finish_reply(message_ids: list[int]) -> bool:

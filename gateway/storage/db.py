@@ -12,7 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse, urlunparse
 
-from peewee import Database, DatabaseProxy, PostgresqlDatabase, SqliteDatabase
+from peewee import (
+    Database,
+    DatabaseProxy,
+    InterfaceError,
+    OperationalError,
+    PostgresqlDatabase,
+    SqliteDatabase,
+)
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
 
@@ -226,6 +233,12 @@ def open_from_settings(settings: Settings, pool_size: int | None = None, *, chec
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DatabaseUnavailable(f"cannot open the database {where}: {reason}") from None
     return db
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True for the errors of a database that went away or is busy (a restart, a terminated
+    backend, a locked SQLite file): worth trying again later, not a bug."""
+    return isinstance(error, (OperationalError, InterfaceError))
 
 
 def is_postgres() -> bool:
