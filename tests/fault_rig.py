@@ -10,6 +10,7 @@ are in order when the tokens a person receives only ever grow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -550,3 +551,81 @@ def create_postgres_database(base: str) -> tuple[str, Callable[[], None]]:
 
     run("CREATE DATABASE {}")
     return base.rsplit("/", 1)[0] + "/" + name, lambda: run("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the scenario's own (initdb in a temporary folder, a free port), so it can be
+    restarted without touching the machine's. Needs PostgreSQL's server binaries (Debian's packages)."""
+
+    def __init__(self) -> None:
+        """initdb and start; as root the server runs as the `postgres` user, as PostgreSQL requires."""
+        import glob
+        import socket
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            raise RuntimeError("PostgreSQL's server binaries are not installed (pg_ctl not found)")
+        self.bin = Path(found[-1]).parent
+        # Its own folder under /tmp: pytest's are private to root, and the server runs as postgres.
+        self.folder = Path(tempfile.mkdtemp(prefix="smsgw-pg-"))
+        self.data = self.folder / "data"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            subprocess.run(["chown", "postgres", str(self.folder)], check=True)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data}"
+        self._run(
+            "pg_ctl", action, "-D", str(self.data), "-w", "-o", options, "-l", str(self.data / "log"), *extra
+        )
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._ctl("start")
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server fast (every connection is cut), keep it down `down_for` seconds, start it."""
+        self._ctl("stop", "-m", "fast")
+        time.sleep(down_for)
+        self._ctl("start")
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder."""
+        import shutil
+
+        with contextlib.suppress(subprocess.SubprocessError, OSError, RuntimeError):
+            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def database_restart(
+    rig: Rig, server: PrivatePostgres, down_for: float = 3.0
+) -> tuple[Tally, Supervisor, list[int]]:
+    """PostgreSQL stopped for `down_for` seconds while replies are in flight, then started again (no texts
+    arrive meanwhile: the web needs the database to record them)."""
+    from tests.conftest import wait_for
+
+    rig.fake_model.latency = 0.3
+    supervisor = rig.start_workers(2)
+    pids = supervisor.pids()
+    burst = Burst(rig.post, people=30)
+    burst.send(50, pause=0.02)
+    wait_for(lambda: rig.fake_model.in_flight > 0, timeout=20, interval=0.01)
+    server.restart(down_for)
+    burst.send(50, pause=0.03)
+    return finish(rig, burst, f"PostgreSQL down {down_for:.0f} s, restarted"), supervisor, pids

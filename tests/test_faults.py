@@ -33,11 +33,13 @@ from tests.conftest import (
 from tests.fault_rig import (
     Burst,
     Gunicorn,
+    PrivatePostgres,
     Rig,
     Supervisor,
     Tally,
     create_postgres_database,
     database_kills,
+    database_restart,
     flaky_services,
     kill_storm,
     many_processes,
@@ -60,6 +62,16 @@ def fault_db(request, tmp_path):
     backend = getattr(request, "param", "sqlite")
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'faults.sqlite3'}"
+        return
+    if backend == "private-postgres":  # a server of the test's own, which it may restart
+        server = PrivatePostgres()
+        request.node.postgres_server = server
+        url, drop = create_postgres_database(server.url)
+        yield url
+        if db.database.obj is not None and not db.database.is_closed():
+            db.database.close()
+        drop()
+        server.stop()
         return
     base = os.environ.get("TEST_DATABASE_URL")
     if not base:
@@ -163,6 +175,15 @@ def test_database_connections_killed_mid_burst(rig, capsys):
     report(tally, capsys)
     assert killed > 0
     assert supervisor.pids() == pids
+
+
+@pytest.mark.parametrize("fault_db", ["private-postgres"], indirect=True)
+def test_postgresql_restarted_while_replies_are_in_flight(request, rig, capsys):
+    """A fast restart of PostgreSQL cuts every connection mid-reply: jobs are retried, workers live on."""
+    tally, supervisor, pids = database_restart(rig, request.node.postgres_server)
+    report(tally, capsys)
+    assert supervisor.pids() == pids and supervisor.restarts == 0
+    assert "Traceback" not in supervisor.logs()  # a database that went away is one line a job, not a bug
 
 
 @pytest.mark.parametrize("fault_db", ["postgres"], indirect=True)
