@@ -74,14 +74,33 @@ def test_anonymous_visitors_see_nothing(client, sms_chat):
     assert Chat.get_by_id(sms_chat.chat_id).chat_status == "ongoing"
 
 
+def cookie_flags(response) -> tuple[str, set[str]]:
+    """The console session cookie a response sets: its name=value part, and its flags (lower case)."""
+    [cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith(COOKIE_NAME + "=")]
+    first, *attributes = (part.strip() for part in cookie.split(";"))
+    return first, {a.lower() for a in attributes}
+
+
+@pytest.mark.parametrize("origin", ["https://sms.example.test", "http://sms.example.test"])
+def test_session_cookie_is_httponly_lax_and_secure_only_over_https(settings, origin):
+    """HttpOnly and SameSite=Lax always; Secure when PUBLIC_BASE_URL is https, not when it is http
+    (a browser would never send a Secure cookie back over plain http: nobody could sign in)."""
+    from gateway import create_app
+
+    app = create_app({"TESTING": True, "SETTINGS": settings.model_copy(update={"public_base_url": origin})})
+    response = sign_in(app.test_client())
+    assert response.status_code == 302
+    _, flags = cookie_flags(response)
+    assert "httponly" in flags and "samesite=lax" in flags
+    assert ("secure" in flags) is origin.startswith("https://")
+
+
 def test_sign_in_with_the_key_opens_the_console(client, sms_chat):
-    """The right key signs in (a HttpOnly, SameSite=Lax, Secure-on-https cookie) and shows the chats."""
+    """The right key signs in and shows the chats (the cookie's flags: the test above)."""
     response = sign_in(client)
     assert response.status_code == 302
-    cookie = response.headers["Set-Cookie"]
-    assert cookie.startswith(COOKIE_NAME + "=")
-    # PUBLIC_BASE_URL is https in the tests' settings: the cookie is Secure.
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    _, flags = cookie_flags(response)
+    assert "httponly" in flags and "samesite=lax" in flags and "secure" in flags
     page = client.get("/console/chats").get_data(as_text=True)
     assert "+15557654321" in page
     chat_page = client.get(f"/console/chats/{sms_chat.chat_id}").get_data(as_text=True)
@@ -134,3 +153,68 @@ def test_end_chat_from_the_console(client, sms_chat):
     client.post(f"/console/chats/{sms_chat.chat_id}/end", data={"csrf_token": csrf_from(page)})
     chat = Chat.get_by_id(sms_chat.chat_id)
     assert chat.chat_status == "ended" and chat.end_reason == "operator" and chat.ongoing_pair is None
+
+
+def test_chat_page_shows_usage_summary_profile_analysis_and_tool_calls(client, sms_chat):
+    """A chat's page puts what the gateway learned in words an operator reads: its token usage, the
+    summary, the person's profile, the post-chat analysis (custom fields by name) and the agent's tool
+    calls with their outcome; no raw JSON, no Python values."""
+    from gateway.storage.models import UserProfile
+
+    Message.create(chat=sms_chat, role=Role.USER.value, content="can I come Friday?", status="received")
+    Message.create(
+        chat=sms_chat,
+        role=Role.AGENT.value,
+        content="Friday at 10 is free.",
+        status=MessageStatus.DELIVERED.value,
+        prompt_tokens=120,
+        completion_tokens=30,
+        tool_calls=[
+            {
+                "name": "check_calendar",
+                "arguments": {"day": "friday"},
+                "outcome": "ok",
+                "result": '{"free": ["10:00"]}',
+            },
+            {"name": "book_table", "arguments": {"time": "10:00"}, "outcome": "timeout", "result": ""},
+        ],
+    )
+    Message.create(
+        chat=sms_chat, role=Role.AGENT.value, content="See you!", prompt_tokens=80, completion_tokens=5
+    )
+    Chat.update(
+        summary="The person asked for a Friday slot; the agent offered 10:00.",
+        chat_analysis={
+            "chat_summary": "A Friday booking was discussed.",
+            "user_sentiment": "positive",
+            "chat_successful": True,
+            "custom_analysis_data": {"appointment_booked": False, "party_size": None},
+        },
+    ).where(Chat.chat_id == sms_chat.chat_id).execute()
+    UserProfile.create(
+        key=f"phone:{sms_chat.to_number}",
+        profile={"name": "Ana", "preferences": ["mornings", "window seat"], "goals": [], "facts": None},
+    )
+    sign_in(client)
+    html = client.get(f"/console/chats/{sms_chat.chat_id}").get_data(as_text=True)
+    # The words a person reads, without the markup (the live part is the same template).
+    text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
+    text = text.replace("&#39;", "'").replace("&#34;", '"').replace("&quot;", '"')
+
+    assert "200 prompt tokens · 35 completion tokens" in text
+    assert "150 tokens" in text  # the reply's own tokens, next to it in the transcript
+    assert "Summary The person asked for a Friday slot; the agent offered 10:00." in text
+    assert "Profile Name Ana Preferences mornings; window seat" in text
+    assert "Goals" not in text and "Facts" not in text  # nothing known: left out
+    assert (
+        "Post-chat analysis What the chat was about A Friday booking was discussed. "
+        "The person's sentiment positive Reached the agent's goal yes "
+        "Appointment booked no Party size not known"
+    ) in text
+    assert 'called check_calendar ({"day": "friday"}) · answered → {"free": ["10:00"]}' in text
+    assert 'called book_table ({"time": "10:00"}) · timed out' in text
+    for raw in ("True", "False", "None", "[", "custom_analysis_data", "user_sentiment", "{'"):
+        assert raw not in text.replace('["10:00"]', ""), raw
+    # The page's live part (asked for every 1.5 s) shows the same.
+    live = client.get(f"/console/chats/{sms_chat.chat_id}/live.json").get_json()
+    assert "Reached the agent&#39;s goal" in live["html"] and "window seat" in live["html"]

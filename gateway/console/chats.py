@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from typing import Any
 
 from flask import Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from peewee import fn
@@ -120,6 +121,17 @@ def transcript(chat: Chat) -> list[dict]:
     ]
 
 
+# A tool call's outcome (gateway/agent/tools.py) in words.
+TOOL_OUTCOMES = {
+    "ok": "answered",
+    "failed": "failed",
+    "timeout": "timed out",
+    "unknown_tool": "no such tool",
+    "refused": "refused",
+    "bad_arguments": "bad arguments",
+}
+
+
 def tool_call_line(call: dict) -> dict:
     """One tool call the agent made, as the transcript shows it: name, arguments, outcome, answer."""
     arguments = call.get("arguments")
@@ -129,6 +141,7 @@ def tool_call_line(call: dict) -> dict:
         if isinstance(arguments, dict)
         else str(arguments),
         "outcome": str(call.get("outcome", "")),
+        "outcome_text": TOOL_OUTCOMES.get(str(call.get("outcome", "")), str(call.get("outcome", ""))),
         "result": str(call.get("result", ""))[:500],
     }
 
@@ -157,11 +170,16 @@ def chat_version(chat: Chat) -> str:
         .tuples()
         .first()
     )
+    key = profile_key_for(chat)
+    profiled = (
+        UserProfile.select(UserProfile.updated_at).where(UserProfile.key == key).scalar() if key else None
+    )
     raw = "|".join(
         str(v)
         for v in (
             count,
             newest,
+            profiled,
             chat.chat_status,
             chat.operator_held_at,
             chat.summary,
@@ -170,6 +188,56 @@ def chat_version(chat: Chat) -> str:
         )
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+# The post-chat analysis's own fields, as an operator reads them (custom fields follow by name).
+ANALYSIS_LABELS = {
+    "chat_summary": "What the chat was about",
+    "user_sentiment": "The person's sentiment",
+    "chat_successful": "Reached the agent's goal",
+}
+
+
+def readable(value: Any) -> str:
+    """A stored JSON value in words: yes/no, "not known" for null, lists joined, objects as `key: value`."""
+    if value is None or value == "":
+        return "not known"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "; ".join(readable(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{label(k)}: {readable(v)}" for k, v in value.items()) if value else "none"
+    return str(value)
+
+
+def label(name: Any) -> str:
+    """A JSON key as a label: `communication_style` -> `Communication style`."""
+    text = str(name).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def profile_rows(profile: Any) -> list[tuple[str, str]]:
+    """The person's profile as (label, words) rows, unknown entries left out."""
+    if not isinstance(profile, dict):
+        return []
+    return [(label(k), readable(v)) for k, v in profile.items() if v not in (None, "", [], {})]
+
+
+def analysis_rows(analysis: Any) -> list[tuple[str, str]]:
+    """The post-chat analysis as (label, words) rows: its own fields first, then each custom field."""
+    if not isinstance(analysis, dict):
+        return []
+    rows = [(ANALYSIS_LABELS[k], readable(analysis.get(k))) for k in ANALYSIS_LABELS if k in analysis]
+    custom = analysis.get("custom_analysis_data")
+    if isinstance(custom, dict):
+        rows += [(label(k), readable(v)) for k, v in custom.items()]
+    rows += [
+        (label(k), readable(v))
+        for k, v in analysis.items()
+        if k not in ANALYSIS_LABELS and k != "custom_analysis_data"
+    ]
+    return rows
 
 
 def chat_context(chat: Chat) -> dict:
@@ -186,7 +254,8 @@ def chat_context(chat: Chat) -> dict:
         "agent_name": agent_names().get(chat.agent_id, chat.agent_id),
         "messages": messages,
         "usage": {"prompt": prompt_tokens or 0, "completion": completion_tokens or 0},
-        "profile": profile.profile if profile else None,
+        "profile": profile_rows(profile.profile) if profile else [],
+        "analysis": analysis_rows(chat.chat_analysis),
         "held": chat.operator_held_at is not None,
         "can_take_over": chat.chat_type == ChatType.SMS.value
         and chat.chat_status == ChatStatus.ONGOING.value,
