@@ -1,12 +1,13 @@
-"""The console's numbers, outbound and contacts pages (both backends, Flask's test client)."""
+"""The console's agents, numbers, outbound and contacts pages (both backends, Flask's test client)."""
 
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 
-from gateway.storage.models import Chat, Contact, PhoneNumber, utcnow
+from gateway.storage.models import Agent, Chat, Contact, PhoneNumber, utcnow
 from tests.conftest import PUBLIC_BASE_URL
 from tests.test_console import csrf_from, sign_in
 
@@ -88,3 +89,99 @@ def test_contacts_show_opt_out_state(signed_in):
     assert PERSON in page and "opted out" in page and "+15550001234" in page
     only = signed_in.get("/console/contacts?opted_out=1").get_data(as_text=True)
     assert "+15550001234" not in only
+
+
+class FormValues(HTMLParser):
+    """What a browser would submit from a page's agent form: inputs (checked boxes only) and textareas."""
+
+    def __init__(self) -> None:
+        """Nothing read yet."""
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self._textarea: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        """Collect an input's value, or start a textarea's."""
+        a = dict(attrs)
+        if tag == "input" and a.get("name"):
+            if a.get("type") == "checkbox":
+                if "checked" in a:
+                    self.values[a["name"]] = "on"
+            else:
+                self.values[a["name"]] = a.get("value") or ""
+        elif tag == "textarea":
+            self._textarea = a.get("name")
+            self.values[self._textarea] = ""
+
+    def handle_data(self, data):
+        """A textarea's text."""
+        if self._textarea:
+            self.values[self._textarea] += data
+
+    def handle_endtag(self, tag):
+        """A textarea ends."""
+        if tag == "textarea":
+            self._textarea = None
+
+
+def agent_form(html: str) -> dict[str, str]:
+    """The agent form's fields as a browser would post them unchanged."""
+    parser = FormValues()
+    parser.feed(html[html.index('class="card agent-form"') :])
+    return parser.values
+
+
+SECRET = "whsec_console_0123456789abcdef"
+NEW_SECRET = "whsec_replaced_fedcba9876543210"
+
+
+def test_agent_form_never_shows_the_webhook_secret(signed_in):
+    """The secret is write-only as in the API: the form says it is set, an empty field keeps it, a typed
+    value replaces it, "Clear" removes it; neither the stored nor a typed secret is ever in a page."""
+    agent = Agent.create(agent_id="agent_hooks", name="Hooks", webhook_secret=SECRET)
+    url = "/console/agents/agent_hooks"
+    page = signed_in.get(url).get_data(as_text=True)
+    assert SECRET not in page
+    assert "set (not shown)" in page and 'name="clear_webhook_secret"' in page
+    form = agent_form(page)
+    assert form["webhook_secret"] == "" and "clear_webhook_secret" not in form
+
+    # Saved as shown, with the secret's field left empty: the secret stays.
+    assert signed_in.post(url, data=form).status_code == 302
+    assert Agent.get_by_id(agent.agent_id).webhook_secret == SECRET
+
+    # Refused for another field: the page comes back without the secret typed into it, nothing saved.
+    refused = signed_in.post(url, data={**form, "webhook_secret": NEW_SECRET, "temperature": "5"})
+    assert refused.status_code == 422
+    assert NEW_SECRET not in refused.get_data(as_text=True) and SECRET not in refused.get_data(as_text=True)
+    assert Agent.get_by_id(agent.agent_id).webhook_secret == SECRET
+
+    # A typed value replaces it (and is not shown either).
+    assert signed_in.post(url, data={**form, "webhook_secret": NEW_SECRET}).status_code == 302
+    assert Agent.get_by_id(agent.agent_id).webhook_secret == NEW_SECRET
+    page = signed_in.get(url).get_data(as_text=True)
+    assert NEW_SECRET not in page and "set (not shown)" in page
+
+    # Too short a secret is refused with the API's message.
+    short = signed_in.post(url, data={**form, "webhook_secret": "short"})
+    assert short.status_code == 422 and "webhook_secret" in short.get_data(as_text=True)
+    assert "short" not in agent_form(short.get_data(as_text=True))["webhook_secret"]
+
+    # Clear: null, so EVENTS_WEBHOOK_SECRET signs again (as PATCH webhook_secret: null does).
+    assert signed_in.post(url, data={**form, "clear_webhook_secret": "on"}).status_code == 302
+    assert Agent.get_by_id(agent.agent_id).webhook_secret is None
+    page = signed_in.get(url).get_data(as_text=True)
+    assert "not set" in page and 'name="clear_webhook_secret"' not in page
+
+
+def test_new_agent_form_takes_a_webhook_secret_without_showing_it(signed_in):
+    """A secret typed into the new-agent form is stored; the agent's page then only says it is set."""
+    form = agent_form(signed_in.get("/console/agents/new").get_data(as_text=True))
+    form.update(agent_id="agent_signed", name="Signed", webhook_secret=SECRET)
+    created = signed_in.post("/console/agents/new", data=form)
+    assert created.status_code == 302
+    assert Agent.get_by_id("agent_signed").webhook_secret == SECRET
+    page = signed_in.get("/console/agents/agent_signed").get_data(as_text=True)
+    assert SECRET not in page and "set (not shown)" in page
+    listing = signed_in.get("/console/agents").get_data(as_text=True)
+    assert "Signed" in listing and SECRET not in listing

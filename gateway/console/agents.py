@@ -23,6 +23,9 @@ from gateway.api.schemas import AgentCreate, AgentSettings, AgentUpdate
 from gateway.console import bp
 from gateway.storage.models import Agent
 
+# Write-only settings (the API never shows them): the form says whether one is set, never its value;
+# left empty it keeps the stored one, typed it replaces it, "clear_<name>" sets it to null.
+WRITE_ONLY = {"webhook_secret"}
 # Text settings long enough for a textarea (lists and objects are JSON in a textarea too).
 LONG_TEXT = {
     "system_prompt",
@@ -55,7 +58,9 @@ def form_fields() -> list[dict[str, Any]]:
         allowed = _types(info.annotation)
         nullable = type(None) in allowed
         allowed.discard(type(None))
-        if allowed == {bool}:
+        if name in WRITE_ONLY:
+            kind = "secret"
+        elif allowed == {bool}:
             kind = "checkbox"
         elif allowed <= {int}:
             kind = "integer"
@@ -70,8 +75,11 @@ def form_fields() -> list[dict[str, Any]]:
 
 
 def shown_value(agent: Agent | None, field: dict[str, Any]) -> Any:
-    """What an input shows for an agent's setting (a new agent: the API's default)."""
+    """What an input shows for an agent's setting (a new agent: the API's default); a write-only
+    setting shows only whether it is set."""
     name = field["name"]
+    if field["kind"] == "secret":
+        return bool(agent is not None and getattr(agent, name))
     value = (
         getattr(agent, name)
         if agent is not None
@@ -91,6 +99,12 @@ def body_from_form(form, fields: list[dict[str, Any]]) -> dict[str, Any]:
             body[name] = form.get(name) == "on"
             continue
         raw = form.get(name, "")
+        if kind == "secret":
+            if raw.strip():
+                body[name] = raw.strip()
+            elif form.get(f"clear_{name}") == "on":
+                body[name] = None
+            continue  # empty: not sent, so the stored value stays
         if raw.strip() == "" and field["nullable"]:
             body[name] = None
         elif kind == "integer":
@@ -173,7 +187,9 @@ def _form(agent: Agent | None, fields: list[dict[str, Any]], error: ApiError | N
     """The agent form, with the submitted values and the API's message when it was refused."""
     values = {}
     for field in fields:
-        if error is not None and request.method == "POST":
+        if field["kind"] == "secret":
+            values[field["name"]] = shown_value(agent, field)  # never what was typed
+        elif error is not None and request.method == "POST":
             values[field["name"]] = (
                 request.form.get(field["name"]) == "on"
                 if field["kind"] == "checkbox"
