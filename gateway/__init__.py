@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import metrics
 from gateway.config import Settings, load_settings
@@ -56,6 +57,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(monitoring.bp)
     _register_blueprints(app)
+    if settings.trusted_proxy_hops:
+        # The client's address from X-Forwarded-For, as many hops deep as there are proxies we
+        # trust; the other X-Forwarded-* headers stay ignored (URLs come from PUBLIC_BASE_URL).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
     # Size caps run before Flask reads a byte of the body (see gateway/limits.py).
     app.wsgi_app = RequestLimits(app.wsgi_app)  # type: ignore[method-assign]
     return app

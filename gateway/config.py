@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # or whose job vanished), and how old a pending text must be before the sweep queues it.
     sweep_interval: float = Field(10.0, gt=0, validation_alias="SWEEP_INTERVAL")
     sweep_min_age: float = Field(10.0, ge=0, validation_alias="SWEEP_MIN_AGE")
+    # How many reverse proxies in front of the web app append to X-Forwarded-For (nginx, a load
+    # balancer): with N, the client address is the Nth value from the right (Werkzeug's ProxyFix), so
+    # the console's sign-in pause counts each client, not the proxy. 0: the header is ignored.
+    trusted_proxy_hops: int = Field(0, ge=0, le=10, validation_alias="TRUSTED_PROXY_HOPS")
     # Seconds between worker heartbeats; a worker silent for three of them counts as dead and
     # its jobs are run again by another worker.
     worker_heartbeat_interval: float = Field(5.0, gt=0, validation_alias="WORKER_HEARTBEAT_INTERVAL")

@@ -105,3 +105,12 @@ def test_the_cli_stops_on_a_bad_setting_naming_it(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"DATABASE_POOL_SIZE": "many"})
     assert result.exit_code == 1
     assert "DATABASE_POOL_SIZE: expected an integer, got 'many'" in result.output
+
+
+def test_trusted_proxy_hops_is_a_small_count():
+    """TRUSTED_PROXY_HOPS defaults to 0 (X-Forwarded-For ignored) and takes a count of proxies."""
+    assert load_settings({}, dotenv_path=None).trusted_proxy_hops == 0
+    assert load_settings({"TRUSTED_PROXY_HOPS": "2"}, dotenv_path=None).trusted_proxy_hops == 2
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TRUSTED_PROXY_HOPS": "-1"}, dotenv_path=None)
+    assert "TRUSTED_PROXY_HOPS: expected greater than or equal to 0" in str(info.value)

@@ -218,3 +218,37 @@ def test_chat_page_shows_usage_summary_profile_analysis_and_tool_calls(client, s
     # The page's live part (asked for every 1.5 s) shows the same.
     live = client.get(f"/console/chats/{sms_chat.chat_id}/live.json").get_json()
     assert "Reached the agent&#39;s goal" in live["html"] and "window seat" in live["html"]
+
+
+PROXY = "10.0.0.1"  # a reverse proxy's address: every request reaches the gateway from it
+
+
+def sign_in_via_proxy(client, forwarded_for: str, key: str = "wrong") -> int:
+    """A sign-in through a proxy that appended the client's address to X-Forwarded-For; the status."""
+    through = {"environ_base": {"REMOTE_ADDR": PROXY}, "headers": {"X-Forwarded-For": forwarded_for}}
+    token = csrf_from(client.get("/console/sign-in", **through).get_data(as_text=True))
+    return client.post("/console/sign-in", data={"key": key, "csrf_token": token}, **through).status_code
+
+
+def test_behind_a_trusted_proxy_wrong_keys_pause_only_their_client(settings):
+    """TRUSTED_PROXY_HOPS=1: the pause counts the client X-Forwarded-For names (its last value, the one
+    our proxy appended), so one client's wrong keys lock out neither other clients nor the proxy."""
+    from gateway import create_app
+
+    app = create_app({"TESTING": True, "SETTINGS": settings.model_copy(update={"trusted_proxy_hops": 1})})
+    guesser, colleague = app.test_client(), app.test_client()
+    for n in range(MAX_FAILURES):
+        # What the client itself puts in the header (first values) changes nothing.
+        assert sign_in_via_proxy(guesser, f"198.51.100.{n}, 203.0.113.5") == 401
+    assert sign_in_via_proxy(guesser, "198.51.100.99, 203.0.113.5", GATEWAY_API_KEY) == 429
+    assert sign_in_via_proxy(guesser, "203.0.113.5", GATEWAY_API_KEY) == 429
+    assert sign_in_via_proxy(colleague, "203.0.113.77", GATEWAY_API_KEY) == 302
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(client, settings):
+    """TRUSTED_PROXY_HOPS unset (0): a client cannot dodge the pause by writing X-Forwarded-For; every
+    request counts against the address it came from."""
+    assert settings.trusted_proxy_hops == 0
+    for n in range(MAX_FAILURES):
+        assert sign_in_via_proxy(client, f"203.0.113.{n}") == 401
+    assert sign_in_via_proxy(client, "203.0.113.200", GATEWAY_API_KEY) == 429
