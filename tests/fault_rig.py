@@ -441,6 +441,155 @@ def many_processes(rig: Rig, web_post: Callable[[dict[str, str]], Any]) -> Tally
     return finish(rig, burst, "2 web + 3 workers (PostgreSQL)")
 
 
+@dataclass
+class DevRestart:
+    """What `dev_restart_with_retry_pending` saw: the tally, the retry's timing, and `smsgw dev`'s output."""
+
+    tally: Tally
+    retry_delay: float  # the agent's retry_delay (RQ jitters it by up to 25%, in whole seconds)
+    failed_at: float  # wall clock: the first attempt's model call failed
+    scheduled_for: float | None  # wall clock: when RQ scheduled the retry (its log line)
+    retry_ran_at: float | None  # wall clock: the retried model call reached the model
+    replied_at: float  # wall clock: the reply reached Twilio (or the wait gave up)
+    restart_s: float  # `smsgw dev` stopped and answering again
+    output: str  # everything `smsgw dev` printed
+    restarted_at_offset: int  # where the output of the stop and the second start begins
+
+    @property
+    def late_s(self) -> float | None:
+        """How long after its scheduled time the retry ran (negative: early)."""
+        if self.scheduled_for is None or self.retry_ran_at is None:
+            return None
+        return self.retry_ran_at - self.scheduled_for
+
+
+RETRY_SCHEDULED = re.compile(
+    r"scheduled for retry at (\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d:\d\d)"
+)
+
+
+def dev_restart_with_retry_pending(
+    fake_model, fake_twilio, workdir: Path, retry_delay: float = 8.0
+) -> DevRestart:
+    """`smsgw dev` (its own SQLite and embedded Redis) answers a text whose first model call fails, so RQ
+    schedules the retry `retry_delay` s later; while it waits, `smsgw dev` is stopped (SIGTERM) and
+    started again, as after editing `.env`. The retry must still run, once, on time."""
+    from datetime import datetime
+
+    from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE_URL, free_port, wait_for
+
+    instance = workdir / "instance"
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "REDIS_", "DATABASE_"))
+    }
+    env.update(
+        SMSGW_INSTANCE_PATH=str(instance),
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_API_BASE_URL=fake_twilio.url,
+        PUBLIC_BASE_URL=PUBLIC_BASE_URL,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_model.url + "/v1",
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = workdir / "dev.log"
+
+    def start() -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
+                cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def stop(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "smsgw dev did not exit cleanly on SIGTERM"
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    model_calls: list[float] = []
+
+    def responder(body: dict[str, Any]) -> str:
+        model_calls.append(time.time())
+        return token_responder(body)
+
+    fake_model.responder = responder
+    fake_model.fail_next(status=503)  # the first attempt fails; RQ schedules the retry
+    proc = start()
+    try:
+        wait_for(lambda: _dev_answers(port), timeout=60, message="smsgw dev up")
+        _set_retry_delay(instance, retry_delay)
+        burst = Burst(lambda form: _post_signed(port, form), people=1)
+        burst.send(1)
+        fake_model.wait_for_requests(1, timeout=30)
+        failed_at = time.time()
+        wait_for(lambda: "scheduled for retry" in output(), message="retry scheduled")
+        restarted_at_offset = len(output())
+        restart_began = time.monotonic()
+        stop(proc)
+        proc = start()
+        wait_for(lambda: _dev_answers(port), timeout=60, interval=0.05, message="smsgw dev up again")
+        restart_s = time.monotonic() - restart_began
+        with contextlib.suppress(AssertionError):  # the tally says what is missing
+            wait_for(
+                lambda: burst.all_answered(fake_twilio), timeout=45, interval=0.1, message="the retried reply"
+            )
+        replied_at = time.time()
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        fake_model.responder = token_responder
+    found = RETRY_SCHEDULED.search(output())
+    return DevRestart(
+        tally=burst.tally(fake_twilio, "smsgw dev restarted with a retry pending"),
+        retry_delay=retry_delay,
+        failed_at=failed_at,
+        scheduled_for=datetime.fromisoformat(found.group(1)).timestamp() if found else None,
+        retry_ran_at=model_calls[0] if model_calls else None,
+        replied_at=replied_at,
+        restart_s=restart_s,
+        output=output(),
+        restarted_at_offset=restarted_at_offset,
+    )
+
+
+def _dev_answers(port: int) -> bool:
+    """True when something answers HTTP on the port."""
+    import requests
+
+    try:
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def _post_signed(port: int, form: dict[str, str]) -> None:
+    """POST a signed inbound webhook to a gateway on `port`."""
+    import requests
+
+    from tests.conftest import PUBLIC_BASE_URL, sign
+
+    headers = {"X-Twilio-Signature": sign(PUBLIC_BASE_URL + "/twilio/sms", form)}
+    response = requests.post(f"http://127.0.0.1:{port}/twilio/sms", data=form, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def _set_retry_delay(instance: Path, seconds: float) -> None:
+    """Give the dev gateway's default agent one retry, `seconds` after a failure."""
+    from gateway.conversations.agents import default_agent
+    from gateway.storage import db
+    from gateway.storage.models import Agent
+
+    db.init_database(f"sqlite:///{instance / 'smsgw.sqlite3'}")
+    with db.database.connection_context():
+        default_agent()
+        Agent.update(retry_attempts=1, retry_delay=seconds).execute()
+    db.database.close()
+
+
 class Gunicorn:
     """`gunicorn --workers N 'gateway:create_app()'` on a free port, for the multi-process fault."""
 

@@ -9,29 +9,18 @@ through settings (sweep every second, worker heartbeats every half second), neve
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from gateway.config import Settings
 from gateway.storage import db
 from tests.conftest import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    PUBLIC_BASE_URL,
     ROOT,
-    free_port,
     post_twilio,
-    sign,
     wait_for,
 )
 from tests.fault_rig import (
-    Burst,
     Gunicorn,
     PrivatePostgres,
     Rig,
@@ -40,13 +29,13 @@ from tests.fault_rig import (
     create_postgres_database,
     database_kills,
     database_restart,
+    dev_restart_with_retry_pending,
     flaky_services,
     kill_storm,
     many_processes,
     prepare_app,
     redis_outage,
     rig_settings,
-    token_responder,
 )
 
 SMS = "/twilio/sms"
@@ -197,92 +186,16 @@ def test_two_web_and_three_worker_processes_keep_each_chat_in_order(rig, fault_s
         web.stop()
 
 
-def _answers(port: int) -> bool:
-    """True when something answers HTTP on the port."""
-    try:
-        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        return True
-    except requests.RequestException:
-        return False
-
-
 def test_dev_restart_with_a_retry_pending_runs_it_on_time(fake_model, fake_twilio, tmp_path, capsys):
-    """`smsgw dev` stopped (SIGTERM) and started again while a reply's retry waits: it runs on time."""
-    instance = tmp_path / "instance"
-    port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "REDIS_", "DATABASE_"))
-    }
-    env.update(
-        SMSGW_INSTANCE_PATH=str(instance),
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_API_BASE_URL=fake_twilio.url,
-        PUBLIC_BASE_URL=PUBLIC_BASE_URL,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=fake_model.url + "/v1",
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = tmp_path / "dev.log"
-
-    def start() -> subprocess.Popen:
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
-                cwd=str(tmp_path), env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def stop(proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-
-    fake_model.responder = token_responder
-    fake_model.fail_next(status=503)  # the first attempt fails; RQ schedules the retry
-    proc = start()
-    try:
-        wait_for(lambda: _answers(port), timeout=60, message="smsgw dev up")
-        _set_retry_delay(instance, 8)
-        burst = Burst(lambda form: _post_signed(port, form), people=1)
-        burst.send(1)
-        fake_model.wait_for_requests(1, timeout=30)
-        failed_at = time.monotonic()
-        wait_for(
-            lambda: "scheduled for retry" in log_path.read_text(errors="replace"), message="retry scheduled"
-        )
-        before_restart = len(log_path.read_text(errors="replace"))
-        stop(proc)
-        proc = start()
-        wait_for(
-            lambda: burst.all_answered(fake_twilio), timeout=45, interval=0.1, message="the retried reply"
-        )
-        late = time.monotonic() - failed_at
-    finally:
-        if proc.poll() is None:
-            stop(proc)
-    tally = burst.tally(fake_twilio, "smsgw dev restarted with a retry pending")
+    """`smsgw dev` stopped (SIGTERM) and started again while a reply's retry waits: it runs, once."""
+    run = dev_restart_with_retry_pending(fake_model, fake_twilio, tmp_path, retry_delay=8)
     with capsys.disabled():
-        print(f"\n  retry due 8 s after the failure; its reply came {late:.1f} s after it")
-    report(tally, capsys)
-    output = log_path.read_text(errors="replace")
+        print(
+            f"\n  retry due {run.retry_delay:g} s after the failure; its reply came "
+            f"{run.replied_at - run.failed_at:.1f} s after it"
+        )
+    report(run.tally, capsys)
+    assert run.scheduled_for is not None and run.retry_ran_at is not None  # scheduled, then run
     # The first attempt's failure is logged with its traceback; stopping and starting print none.
-    assert "Traceback" not in output[before_restart:]
-    assert output.count("stopping: worker, then web, then Redis") == 2
-
-
-def _post_signed(port: int, form: dict[str, str]) -> None:
-    """POST a signed inbound webhook to a gateway on `port`."""
-    headers = {"X-Twilio-Signature": sign(PUBLIC_BASE_URL + SMS, form)}
-    response = requests.post(f"http://127.0.0.1:{port}{SMS}", data=form, headers=headers, timeout=10)
-    assert response.status_code == 200, response.text
-
-
-def _set_retry_delay(instance: Path, seconds: float) -> None:
-    """Give the dev gateway's default agent one retry, `seconds` after a failure."""
-    from gateway.conversations.agents import default_agent
-    from gateway.storage.models import Agent
-
-    db.init_database(f"sqlite:///{instance / 'smsgw.sqlite3'}")
-    with db.database.connection_context():
-        default_agent()
-        Agent.update(retry_attempts=1, retry_delay=seconds).execute()
-    db.database.close()
+    assert "Traceback" not in run.output[run.restarted_at_offset :]
+    assert run.output.count("stopping: worker, then web, then Redis") == 2
