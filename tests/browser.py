@@ -2,8 +2,9 @@
 headless Chromium from Debian's package driven by playwright (never a downloaded browser).
 
 `scripts/ensure-chromium.sh` (run by `make test`) installs /usr/bin/chromium when it is missing.
-Screenshots go to the pytest artefacts folder; with CONSOLE_SCREENSHOTS=<dir> they are also
-written there (that is how docs/screenshots/ is refreshed).
+Screenshots go to pytest's temporary folder and to test-artifacts/screenshots/ (git-ignored, a fixed
+place CI can keep); with CONSOLE_SCREENSHOTS=<dir> they are also written there (that is how
+docs/screenshots/ is refreshed).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PHONE = {"width": 390, "height": 844}
+# Every screenshot is copied here too: one fixed folder, kept by CI as the run's artefacts.
+ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
 
 
 def launch_chromium(playwright):
@@ -123,19 +126,19 @@ def start_gateway(settings: Settings, port: int, log_dir: Path) -> Iterator[Proc
 
 
 class Screenshots:
-    """Saves full-page screenshots as test artefacts (and to $CONSOLE_SCREENSHOTS when set)."""
+    """Saves full-page screenshots in `folder`, ARTIFACTS, and $CONSOLE_SCREENSHOTS when set."""
 
     def __init__(self, folder: Path) -> None:
-        """Screenshots go to `folder`."""
+        """Screenshots go to `folder` (and the copies' folders)."""
         self.folder = folder
         extra = os.environ.get("CONSOLE_SCREENSHOTS")
-        self.extra = Path(extra) if extra else None
+        self.copies = [ARTIFACTS] + ([Path(extra)] if extra else [])
 
     def take(self, page, name: str) -> Path:
-        """Save the page as <name>.png; return the artefact's path."""
+        """Save the page as <name>.png; return the path in `folder`."""
         path = self.folder / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
-        if self.extra is not None:
-            self.extra.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, self.extra / path.name)
+        for folder in self.copies:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / path.name)
         return path

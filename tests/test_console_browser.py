@@ -250,7 +250,8 @@ def test_outbound_double_click_starts_one_conversation(page, stack):
 
 
 def test_agent_edit_shows_the_api_validation_message(page, stack):
-    """An out-of-range setting is refused with the API's own message next to the field; a good one saves."""
+    """An out-of-range setting is refused with the API's own message next to the field; a good one
+    saves; the agents list shows the new agent."""
     sign_in(page)
     page.goto("/console/agents/new")
     page.fill("input[name=agent_id]", "agent_browser_" + uuid.uuid4().hex[:6])
@@ -266,6 +267,11 @@ def test_agent_edit_shows_the_api_validation_message(page, stack):
     page.click("form.agent-form button[type=submit]")
     expect(page.locator(".flash")).to_contain_text("Saved")
     expect(page.locator("input[name=temperature]")).to_have_value("0.4")
+
+    page.goto("/console/agents")
+    expect(page.locator("h1")).to_have_text("Agents")
+    expect(page.locator(".chat-list")).to_contain_text("Front desk")
+    stack.shots.take(page, "agents")
 
 
 def test_numbers_page_configures_twilio_and_contacts_show_opt_outs(page, stack):
