@@ -159,7 +159,14 @@ def test_chat_page_shows_usage_summary_profile_analysis_and_tool_calls(client, s
     """A chat's page puts what the gateway learned in words an operator reads: its token usage, the
     summary, the person's profile, the post-chat analysis (custom fields by name) and the agent's tool
     calls with their outcome; no raw JSON, no Python values."""
-    from gateway.storage.models import UserProfile
+    from gateway.storage.models import Agent, UserProfile
+
+    Agent.update(
+        analysis_fields=[
+            {"name": "appointment_booked", "type": "boolean", "description": "A table was booked."},
+            {"name": "party_size", "type": "number", "description": "How many people come."},
+        ]
+    ).where(Agent.agent_id == "agent_default").execute()
 
     Message.create(chat=sms_chat, role=Role.USER.value, content="can I come Friday?", status="received")
     Message.create(
@@ -193,7 +200,7 @@ def test_chat_page_shows_usage_summary_profile_analysis_and_tool_calls(client, s
     ).where(Chat.chat_id == sms_chat.chat_id).execute()
     UserProfile.create(
         key=f"phone:{sms_chat.to_number}",
-        profile={"name": "Ana", "preferences": ["mornings", "window seat"], "goals": [], "facts": None},
+        profile={"pets": ["a cat"], "preferences": ["mornings", "window seat"], "goals": [], "name": "Ana"},
     )
     sign_in(client)
     html = client.get(f"/console/chats/{sms_chat.chat_id}").get_data(as_text=True)
@@ -204,8 +211,9 @@ def test_chat_page_shows_usage_summary_profile_analysis_and_tool_calls(client, s
     assert "200 prompt tokens · 35 completion tokens" in text
     assert "150 tokens" in text  # the reply's own tokens, next to it in the transcript
     assert "Summary The person asked for a Friday slot; the agent offered 10:00." in text
-    assert "Profile Name Ana Preferences mornings; window seat" in text
-    assert "Goals" not in text and "Facts" not in text  # nothing known: left out
+    # The profile schema's keys first, in its order, then the others (the same on both backends).
+    assert "Profile Name Ana Preferences mornings; window seat Pets a cat" in text
+    assert "Goals" not in text  # nothing known: left out
     assert (
         "Post-chat analysis What the chat was about A Friday booking was discussed. "
         "The person's sentiment positive Reached the agent's goal yes "

@@ -12,7 +12,7 @@ from flask import Response, abort, current_app, flash, jsonify, redirect, render
 from peewee import fn
 
 from gateway import events
-from gateway.agent.memory import profile_key_for
+from gateway.agent.memory import PROFILE_SCHEMA, profile_key_for
 from gateway.api.errors import ApiError
 from gateway.api.paging import page_of_chats
 from gateway.api.serializers import public_status
@@ -217,26 +217,33 @@ def label(name: Any) -> str:
     return text[:1].upper() + text[1:]
 
 
+def in_order(keys: Any, first: list[str]) -> list[str]:
+    """`keys` with those named in `first` first, in that order, then the rest alphabetically (PostgreSQL's
+    jsonb keeps no key order, so this is what makes a page read the same on both backends)."""
+    keys = [str(k) for k in keys]
+    return [k for k in first if k in keys] + sorted(k for k in keys if k not in first)
+
+
 def profile_rows(profile: Any) -> list[tuple[str, str]]:
-    """The person's profile as (label, words) rows, unknown entries left out."""
+    """The person's profile as (label, words) rows in the profile schema's order, unknown entries left out."""
     if not isinstance(profile, dict):
         return []
-    return [(label(k), readable(v)) for k, v in profile.items() if v not in (None, "", [], {})]
+    order = in_order(profile, list(PROFILE_SCHEMA["properties"]))
+    return [(label(k), readable(profile[k])) for k in order if profile[k] not in (None, "", [], {})]
 
 
-def analysis_rows(analysis: Any) -> list[tuple[str, str]]:
-    """The post-chat analysis as (label, words) rows: its own fields first, then each custom field."""
+def analysis_rows(analysis: Any, fields: Any = ()) -> list[tuple[str, str]]:
+    """The post-chat analysis as (label, words) rows: its own fields first, then each custom field in
+    the order of the agent's `fields` (its analysis_fields)."""
     if not isinstance(analysis, dict):
         return []
     rows = [(ANALYSIS_LABELS[k], readable(analysis.get(k))) for k in ANALYSIS_LABELS if k in analysis]
     custom = analysis.get("custom_analysis_data")
     if isinstance(custom, dict):
-        rows += [(label(k), readable(v)) for k, v in custom.items()]
-    rows += [
-        (label(k), readable(v))
-        for k, v in analysis.items()
-        if k not in ANALYSIS_LABELS and k != "custom_analysis_data"
-    ]
+        names = [str(f.get("name")) for f in fields or [] if isinstance(f, dict)]
+        rows += [(label(k), readable(custom[k])) for k in in_order(custom, names)]
+    others = [k for k in analysis if k not in ANALYSIS_LABELS and k != "custom_analysis_data"]
+    rows += [(label(k), readable(analysis[k])) for k in sorted(others)]
     return rows
 
 
@@ -255,7 +262,10 @@ def chat_context(chat: Chat) -> dict:
         "messages": messages,
         "usage": {"prompt": prompt_tokens or 0, "completion": completion_tokens or 0},
         "profile": profile_rows(profile.profile) if profile else [],
-        "analysis": analysis_rows(chat.chat_analysis),
+        "analysis": analysis_rows(
+            chat.chat_analysis,
+            Agent.select(Agent.analysis_fields).where(Agent.agent_id == chat.agent_id).scalar(),
+        ),
         "held": chat.operator_held_at is not None,
         "can_take_over": chat.chat_type == ChatType.SMS.value
         and chat.chat_status == ChatStatus.ONGOING.value,
