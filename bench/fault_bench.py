@@ -43,11 +43,13 @@ from tests.conftest import (  # noqa: E402
 from tests.fakes import FakeModel, FakeTwilio  # noqa: E402
 from tests.fault_rig import (  # noqa: E402
     Gunicorn,
+    PrivatePostgres,
     Rig,
     Supervisor,
     Tally,
     create_postgres_database,
     database_kills,
+    database_restart,
     dev_restart_with_retry_pending,
     flaky_services,
     kill_storm,
@@ -80,10 +82,24 @@ def postgres_base() -> str | None:
     return base
 
 
+# The PostgreSQL servers of their own that "private-postgres" scenarios restart, by database URL.
+PRIVATE_SERVERS: dict[str, PrivatePostgres] = {}
+
+
 def fresh_database(backend: str, workdir: Path, pg_base: str | None) -> tuple[str, Callable[[], None]]:
     """A new, empty database URL and how to drop it."""
     if backend == "sqlite":
         return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.sqlite3'}", lambda: None
+    if backend == "private-postgres":
+        server = PrivatePostgres()
+        url, drop = create_postgres_database(server.url)
+        PRIVATE_SERVERS[url] = server
+
+        def drop_all() -> None:
+            drop()
+            PRIVATE_SERVERS.pop(url).stop()
+
+        return url, drop_all
     assert pg_base is not None
     return create_postgres_database(pg_base)
 
@@ -214,6 +230,11 @@ def _db_kill(rig: Rig, settings: Settings, workdir: Path) -> tuple[Tally, dict[s
     return tally, {"connections_killed": killed, "same_worker_pids": supervisor.pids() == pids}
 
 
+def _db_restart(rig: Rig, settings: Settings, workdir: Path) -> tuple[Tally, dict[str, Any]]:
+    tally, supervisor, pids = database_restart(rig, PRIVATE_SERVERS[settings.database_url or ""])
+    return tally, {"same_worker_pids": supervisor.pids() == pids}
+
+
 def _many(rig: Rig, settings: Settings, workdir: Path) -> tuple[Tally, dict[str, Any]]:
     web = Gunicorn(settings, workdir / "gunicorn.log", workers=2)
     try:
@@ -234,6 +255,7 @@ SCENARIOS: list[tuple[str, str, Scenario | None, dict[str, Any]]] = [
     ("30% model + 30% Twilio failures", "sqlite", _plain(flaky_services), {}),
     ("smsgw dev restarted, retry pending", "sqlite", None, {}),
     ("DB connections killed x2", "postgres", _db_kill, {}),
+    ("PostgreSQL down 3 s, restarted", "private-postgres", _db_restart, {}),
     ("2 web + 3 workers", "postgres", _many, {}),
 ]
 
@@ -260,15 +282,15 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     header = (
-        f"{'fault':40} {'db':8} {'sent':>5} {'once':>5} {'lost':>5} {'twice':>5} {'p50 s':>7} {'max s':>7}"
+        f"{'fault':40} {'db':16} {'sent':>5} {'once':>5} {'lost':>5} {'twice':>5} {'p50 s':>7} {'max s':>7}"
     )
     print("\n" + header)
     for row in rows:
         if row.get("error"):
-            print(f"{row['fault']:40} {row['backend']:8} failed (see the traceback above)")
+            print(f"{row['fault']:40} {row['backend']:16} failed (see the traceback above)")
             continue
         print(
-            f"{row['fault']:40} {row['backend']:8} {row['sent']:>5} {row['answered_once']:>5} "
+            f"{row['fault']:40} {row['backend']:16} {row['sent']:>5} {row['answered_once']:>5} "
             f"{row['lost']:>5} {row['doubled']:>5} {row['p50_s'] or 0:>7.2f} {row['max_s'] or 0:>7.2f}"
         )
     print()
