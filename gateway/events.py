@@ -48,7 +48,7 @@ EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED, CHAT_HANDOFF, MESSAGE_RECEIVE
 DEFAULT_EVENTS = (CHAT_STARTED, CHAT_ENDED, CHAT_ANALYZED, CHAT_HANDOFF)
 
 DELIVER_JOB = "workers.event_jobs.deliver_event"
-DELIVERY_TIMEOUT = 10.0  # seconds for one POST (connect and read)
+DELIVERY_TIMEOUT = 10.0  # seconds for one whole POST (DNS lookup, connect, send, answer read)
 DELIVERY_RETRY_INTERVALS = [1, 10, 60, 300]  # 5 attempts in all, over about six minutes
 DELIVERY_JOB_TIMEOUT = 60
 ATTEMPTS_KEPT = 50

@@ -4,6 +4,8 @@ a slow or dead receiver never in the way of a reply, and the URL guard shared wi
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from gateway.api import schemas
 from gateway.errors import TransientError
 from gateway.storage.models import Chat
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
+from tests.fakes.drip import DripServer
 from tests.fakes.receiver import Receiver
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 
@@ -245,3 +248,71 @@ def test_answers_are_capped_and_redirects_not_followed(receiver):
 def test_a_dead_endpoint_is_a_transient_error():
     with pytest.raises(TransientError):
         safe_http.post("http://127.0.0.1:9/", b"", headers={}, timeout=2, allow_private=True)
+
+
+def test_a_dripping_server_is_cut_off_at_the_deadline():
+    """Headers at once, then a byte a second: each read is quick, so only a deadline on the whole
+    call stops it (a per-read timeout would wait for all 1,000 bytes)."""
+    with DripServer() as server:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as raised:
+            safe_http.post(server.url, b"{}", headers={}, timeout=1.5, allow_private=True)
+        took = time.monotonic() - started
+        assert server.connections == 1
+    assert raised.value.code == "timeout" and "timed out" in raised.value.reason
+    assert took < 1.5 + 5  # ended by its deadline, not by the body's end (over 16 minutes away)
+
+
+def test_a_dns_lookup_that_outlasts_the_deadline_is_a_timeout(monkeypatch):
+    unblock = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        unblock.wait(30)
+        raise socket.gaierror("gave up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as raised:
+            safe_http.post("http://tools.example.com/x", b"{}", headers={}, timeout=0.5, allow_private=False)
+        assert time.monotonic() - started < 0.5 + 5
+        assert raised.value.code == "timeout" and "tools.example.com" in raised.value.reason
+    finally:
+        unblock.set()
+
+
+def test_dns_is_resolved_once_and_the_vetted_address_connected_to(monkeypatch, receiver):
+    """DNS rebinding: the name's first answer is public, every later one loopback. The guard vets
+    the first, and the connection goes to that address, never to a second lookup's."""
+    import urllib3.util.connection
+
+    public = "93.184.216.34"
+    lookups: list[str] = []
+    connected_to: list[tuple[str, int]] = []
+
+    def rebinding_lookup(host, port, *args, **kwargs):
+        lookups.append(host)
+        address = public if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    def recording_connect(address, *args, **kwargs):
+        connected_to.append(address)
+        # Stand in for the public host: this test's loopback receiver answers for it (a bare
+        # connect to a literal address, so no lookup of the test's own is recorded).
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", receiver.port))
+        return sock
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_lookup)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", recording_connect)
+
+    answer = safe_http.post(
+        "http://hooks.example.com/events", b"{}", headers={}, timeout=5, allow_private=False
+    )
+
+    assert answer.status == 200  # nothing refused: the vetted answer was public
+    assert lookups == ["hooks.example.com"]  # resolved once
+    assert connected_to == [(public, 80)]  # to the vetted address, not a later (loopback) answer
+    [request] = receiver.requests
+    assert request.headers["host"] == "hooks.example.com" and request.path == "/events"

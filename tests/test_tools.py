@@ -16,6 +16,7 @@ from gateway.conversations import answering, replies
 from gateway.queue import redis_for
 from gateway.storage.models import Agent, Chat, Message, utcnow
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
+from tests.fakes.drip import DripServer
 from tests.fakes.http import Response
 from tests.fakes.model import content_text, count_tokens, tool_results
 from tests.fakes.receiver import Receiver
@@ -300,6 +301,29 @@ def test_a_tool_that_times_out_is_an_error_for_the_model(app, settings, fake_mod
     told = json.loads(next(iter(tool_results(fake_model.requests[1]).values())))
     assert "timed out" in told["error"]
     assert counted_since(before, "agent_slow_tool") == {("lookup_order", "timeout"): 1}
+
+
+def test_a_tool_that_drips_its_answer_times_out_at_its_timeout_ms(app, settings, fake_model):
+    """Headers at once, then a byte a second: the call still ends at the tool's timeout_ms (the
+    whole call, not each read), and the model is told it timed out."""
+    fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
+    fake_model.queue_replies(["Sorry, the order system is slow right now."])
+    with DripServer() as server:
+        tool = {
+            "type": "function",
+            "name": "lookup_order",
+            "parameters": LOOKUP_PARAMETERS,
+            "url": server.url + "/tools/lookup_order",
+            "timeout_ms": 1500,
+        }
+        run = turn(settings, agent_with(tool, agent_id="agent_drip_tool"))
+
+    assert run.completion.text == "Sorry, the order system is slow right now."
+    [record] = run.calls
+    assert record["outcome"] == "timeout" and record["status_code"] is None
+    assert record["duration_ms"] < 1500 + 5000  # cut off near timeout_ms, not after 1,000 bytes
+    told = json.loads(next(iter(tool_results(fake_model.requests[1]).values())))
+    assert "timed out" in told["error"]
 
 
 def test_the_tools_of_a_turn_share_one_time_budget(app, settings, fake_model, tool_server, monkeypatch):

@@ -455,8 +455,8 @@ def _call_function(
     arguments: dict[str, Any],
     timeout: float,
 ) -> tuple[str, str, int | None]:
-    """POST one call to the tool's URL (connect and read within `timeout` s each); (outcome, what
-    the model is told, HTTP status)."""
+    """POST one call to the tool's URL, the whole call (lookup, connect, answer read) within `timeout`
+    s; (outcome, what the model is told, HTTP status)."""
     body = json.dumps(
         {
             "tool": tool.name,
