@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -76,7 +77,8 @@ class Settings(BaseSettings):
     spend_gateway_tokens_per_day: int = Field(
         10_000_000, ge=0, validation_alias="SPEND_GATEWAY_TOKENS_PER_DAY"
     )
-    # Chat event webhooks for agents without their own `webhook_url`, and the secret that signs them.
+    # Chat event webhooks for agents without their own `webhook_url`, and the secret that signs them
+    # (required with the URL: every delivery is signed; it also signs agents' calls without their own).
     events_webhook_url: str | None = Field(None, validation_alias="EVENTS_WEBHOOK_URL")
     events_webhook_secret: str | None = Field(None, repr=False, validation_alias="EVENTS_WEBHOOK_SECRET")
     # Let event webhooks and tools reach private, loopback and link-local addresses (trusted networks
@@ -127,6 +129,17 @@ class Settings(BaseSettings):
         """URLs are joined with paths that start with `/`."""
         return value.rstrip("/") if value else value
 
+    @model_validator(mode="after")
+    def _events_are_signed(self) -> Settings:
+        """Every event delivery is signed: a gateway-wide endpoint needs the secret that signs it."""
+        if self.events_webhook_url and not self.events_webhook_secret:
+            raise PydanticCustomError(
+                "secret_required",
+                "EVENTS_WEBHOOK_URL is set but EVENTS_WEBHOOK_SECRET is not: every delivery is signed; "
+                "set EVENTS_WEBHOOK_SECRET too",
+            )
+        return self
+
     @property
     def model_configured(self) -> bool:
         """True when a real model endpoint is configured (else the offline responder answers)."""
@@ -161,7 +174,9 @@ _EXPECTED = {
 
 def _describe(error: Mapping) -> str:
     """One line per rejected value: `WORKER_CONCURRENCY: expected an integer, got 'abc'`."""
-    field = str(error["loc"][0]) if error.get("loc") else "?"
+    if not error.get("loc"):  # a rule between settings: its message names them
+        return error["msg"]
+    field = str(error["loc"][0])
     name = ENV_NAMES.get(field, field)
     expected = _EXPECTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
     return f"{name}: expected {expected}, got {error.get('input')!r}"

@@ -12,6 +12,11 @@ EVENTS_WEBHOOK_SECRET):
 
     X-Smsgw-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">
 
+Nothing goes out unsigned: the API refuses an agent with a `webhook_url` or a function tool and no
+secret to sign with (gateway/api/agents.py), settings refuse EVENTS_WEBHOOK_URL without
+EVENTS_WEBHOOK_SECRET, and a delivery or tool call that still finds no secret (a row stored before
+the rule, settings changed since) is not sent but recorded as refused.
+
 `emit()` only reads the agent's webhook settings and queues a job, and never raises: a slow or
 dead receiver never delays a reply. The job (`workers.event_jobs.deliver_event`) posts through
 gateway/safe_http.py (no private addresses unless ALLOW_PRIVATE_URLS=1, DNS resolved once, answer
@@ -62,10 +67,21 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={digest}"
 
 
+NO_SECRET = (
+    "Not sent: there is no secret to sign it with (set the agent's webhook_secret, or EVENTS_WEBHOOK_SECRET)."
+)
+
+
+def signing_secret(agent: Agent, settings: Settings) -> str | None:
+    """The secret signing an agent's own webhook deliveries and its tool calls: the agent's
+    `webhook_secret`, else EVENTS_WEBHOOK_SECRET (None: nothing may be sent)."""
+    return agent.webhook_secret or settings.events_webhook_secret
+
+
 def endpoint_for(agent: Agent, settings: Settings) -> tuple[str | None, str | None]:
     """The URL an agent's events go to and the secret that signs them (None, None: no webhook)."""
     if agent.webhook_url:
-        return agent.webhook_url, agent.webhook_secret or settings.events_webhook_secret
+        return agent.webhook_url, signing_secret(agent, settings)
     if settings.events_webhook_url:
         return settings.events_webhook_url, settings.events_webhook_secret
     return None, None

@@ -13,8 +13,9 @@ import pytest
 
 from gateway import events, safe_http
 from gateway.api import schemas
+from gateway.config import SettingsError, load_settings
 from gateway.errors import TransientError
-from gateway.storage.models import Chat
+from gateway.storage.models import Agent, Chat
 from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
 from tests.fakes.drip import DripServer
 from tests.fakes.receiver import Receiver
@@ -79,6 +80,44 @@ def test_the_secret_is_write_only(client, receiver):
     assert client.post("/v1/agents", json={"webhook_url": "ftp://x"}, headers=AUTH).status_code == 422
 
 
+def test_nothing_is_sent_unsigned(client, app, settings_with, receiver):
+    """A webhook_url or a function tool needs a secret to sign with: the agent's own, else
+    EVENTS_WEBHOOK_SECRET; and the gateway-wide URL needs the gateway-wide secret."""
+    tool = {"type": "function", "name": "lookup", "url": receiver.url + "/tool"}
+    for fields in ({"webhook_url": receiver.url}, {"tools": [tool]}):
+        refused = client.post("/v1/agents", json=fields, headers=AUTH)
+        assert refused.status_code == 422, fields
+        error = refused.get_json()["error"]
+        assert error["field"] == "webhook_secret" and "signed" in error["message"]
+    agent = create_agent(client, webhook_url=receiver.url, tools=[tool], webhook_secret=SECRET)
+    path = f"/v1/agents/{agent['agent_id']}"
+    cleared = client.patch(path, json={"webhook_secret": None}, headers=AUTH)
+    assert cleared.status_code == 422 and cleared.get_json()["error"]["field"] == "webhook_secret"
+    assert client.patch(path, json={"name": "Still signed"}, headers=AUTH).status_code == 200
+    # With the gateway-wide secret, an agent may go without its own.
+    app.config["SETTINGS"] = settings_with(allow_private_urls=True, events_webhook_secret=SECRET)
+    assert client.patch(path, json={"webhook_secret": None}, headers=AUTH).status_code == 200
+    assert create_agent(client, webhook_url=receiver.url)["webhook_secret_set"] is False
+
+    with pytest.raises(SettingsError, match="EVENTS_WEBHOOK_SECRET"):
+        load_settings({"EVENTS_WEBHOOK_URL": "https://hooks.example.com/"}, dotenv_path=None)
+    both = {"EVENTS_WEBHOOK_URL": "https://hooks.example.com/", "EVENTS_WEBHOOK_SECRET": SECRET}
+    assert load_settings(both, dotenv_path=None).events_webhook_secret == SECRET
+
+
+def test_an_agent_left_without_a_secret_gets_no_delivery(client, worker, receiver):
+    """An agent stored before secrets were required (or settings changed since): the delivery is
+    not sent, and the attempts log says why."""
+    agent = create_agent(client, webhook_url=receiver.url, webhook_secret=SECRET)
+    Agent.update(webhook_secret=None).where(Agent.agent_id == agent["agent_id"]).execute()
+    client.post("/v1/chats", json={"agent_id": agent["agent_id"], "user_id": "u3"}, headers=AUTH)
+
+    [attempt] = wait_for(lambda: deliveries(client, agent["agent_id"])["attempts"], 30)
+    assert attempt["event"] == "chat_started" and attempt["outcome"] == "refused"
+    assert "no secret to sign it with" in attempt["error"] and attempt["status_code"] is None
+    assert receiver.requests == []
+
+
 def test_api_chat_events_arrive_signed_and_verify_with_the_readme_example(
     client, worker, fake_model, receiver
 ):
@@ -117,7 +156,9 @@ def test_ending_a_chat_in_the_console_sends_chat_ended(client, worker, receiver)
     """The console's End chat tells the agent's webhook, as the API's End chat does."""
     from tests.test_console import csrf_from, sign_in
 
-    agent = create_agent(client, webhook_url=receiver.url + "/hooks", webhook_events=["chat_ended"])
+    agent = create_agent(
+        client, webhook_url=receiver.url + "/hooks", webhook_secret=SECRET, webhook_events=["chat_ended"]
+    )
     chat = client.post(
         "/v1/chats", json={"agent_id": agent["agent_id"], "user_id": "u2"}, headers=AUTH
     ).get_json()
@@ -168,7 +209,9 @@ def test_a_failing_receiver_is_retried_and_sms_events_use_the_gateway_default(
 
 def test_a_slow_or_dead_receiver_never_delays_a_reply(client, worker, fake_model, fake_twilio, receiver):
     receiver.hold()  # answers nothing until released
-    agent = create_agent(client, webhook_url=receiver.url, webhook_events=["message_received"])
+    agent = create_agent(
+        client, webhook_url=receiver.url, webhook_secret=SECRET, webhook_events=["message_received"]
+    )
     client.post(
         "/v1/phone-numbers",
         json={"phone_number": OUR_NUMBER, "inbound_agent_id": agent["agent_id"]},

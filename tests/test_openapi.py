@@ -52,6 +52,9 @@ BEYOND_THE_SCHEMA = [
     (None, "cannot be read"),
     # Two fields compared with each other.
     ("to_number", "must differ from from_number"),
+    # State and settings: a webhook_url or function tool needs a signing secret unless the server has
+    # EVENTS_WEBHOOK_SECRET (a PATCH is judged against the stored agent's other fields).
+    ("webhook_secret", "every event delivery and tool call is signed"),
     # State: only keys this API handed out, agents that exist, numbers the gateway has.
     ("pagination_key", "is not a key this API handed out"),
     (None, "no agent with id"),

@@ -129,7 +129,9 @@ def worker_samples(settings, name: str, **labels: str) -> float:
 
 def test_tools_are_part_of_the_agent_and_validated(client, tool_server):
     tool_list = [function_tool(tool_server), {"type": "end_chat"}, {"type": "handoff_to_human"}]
-    created = client.post("/v1/agents", json={"agent_id": "agent_t", "tools": tool_list}, headers=AUTH)
+    created = client.post(
+        "/v1/agents", json={"agent_id": "agent_t", "tools": tool_list, "webhook_secret": SECRET}, headers=AUTH
+    )
     assert created.status_code == 201, created.get_json()
     shown = created.get_json()["tools"]
     assert shown[0] == {**tool_list[0], "timeout_ms": tools.DEFAULT_TIMEOUT_MS}
@@ -200,6 +202,10 @@ def test_the_console_form_edits_tools(client, tool_server):
     assert refused.status_code == 422 and "tools[1].name" in refused.get_data(as_text=True)
 
     form["tools"] = json.dumps([{"type": "end_chat"}, function_tool(tool_server)])
+    unsigned = client.post("/console/agents/agent_default", data=form)  # a function needs a secret
+    assert unsigned.status_code == 422 and "webhook_secret" in unsigned.get_data(as_text=True)
+
+    form["webhook_secret"] = SECRET
     saved = client.post("/console/agents/agent_default", data=form)
     assert saved.status_code == 302
     assert [t["type"] for t in Agent.get_by_id("agent_default").tools] == ["end_chat", "function"]
@@ -361,6 +367,22 @@ def test_a_loopback_tool_url_is_refused_unless_private_urls_are_allowed(
     assert counted_since(before, "agent_guarded") == {("lookup_order", "refused"): 1}
 
 
+def test_a_tool_of_an_agent_without_a_secret_is_not_called(app, settings, fake_model, tool_server):
+    """Every call is signed: an agent stored before that rule, with no secret of its own and none
+    gateway-wide, has its calls refused, not sent unsigned."""
+    fake_model.queue_tool_calls(("lookup_order", {"order_id": "981"}))
+    fake_model.queue_replies(["I could not check."])
+    agent = agent_with(function_tool(tool_server), agent_id="agent_unsigned")
+    agent.webhook_secret = None
+
+    run = turn(settings, agent)
+
+    assert run.completion.text == "I could not check."
+    assert tool_server.requests == []
+    [record] = run.calls
+    assert record["outcome"] == "refused" and "secret" in json.loads(record["result"])["error"]
+
+
 def test_failing_unknown_and_malformed_calls_are_errors_for_the_model(app, settings, fake_model, tool_server):
     tool_server.answer_next(500)
     fake_model.queue_tool_calls(
@@ -420,7 +442,7 @@ def test_api_chat_tool_calls_are_stored_shown_and_counted(client, settings, fake
     tool_server.answer = lambda request: Response.json(200, {"status": "shipped"})
     client.post(
         "/v1/agents",
-        json={"agent_id": "agent_api_tools", "tools": [function_tool(tool_server)]},
+        json={"agent_id": "agent_api_tools", "tools": [function_tool(tool_server)], "webhook_secret": SECRET},
         headers=AUTH,
     )
     chat = client.post("/v1/chats", json={"agent_id": "agent_api_tools", "metadata": {"k": 1}}, headers=AUTH)
@@ -677,7 +699,10 @@ def test_whatsapp_tool_call_and_handoff(client, configured, fake_model, fake_twi
     tool_server.answer = lambda request: Response.json(200, {"open": "9-17"})
     client.patch(
         "/v1/agents/agent_default",
-        json={"tools": [function_tool(tool_server, name="opening_hours"), {"type": "handoff_to_human"}]},
+        json={
+            "tools": [function_tool(tool_server, name="opening_hours"), {"type": "handoff_to_human"}],
+            "webhook_secret": SECRET,
+        },
         headers=AUTH,
     )
     fake_model.queue_tool_calls(("opening_hours", {}))

@@ -2,7 +2,8 @@
 
 A network error, timeout, 408, 429 or 5xx raises TransientError, so RQ runs the job again after
 the next of events.DELIVERY_RETRY_INTERVALS; a URL the guard refuses or another 4xx is recorded
-and given up at once (sending the same request again would be refused the same way).
+and given up at once (sending the same request again would be refused the same way). A delivery
+with no secret to sign it is never sent: it is recorded as refused.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def deliver_event(event: str, chat_id: str, occurred_at: str, message: dict[str,
         return "skipped: no webhook configured any more"
     body = events.event_body(event, occurred_at, chat, message)
     headers = {"Content-Type": "application/json", "User-Agent": "smsgw-events/1"}
-    if secret:
+    if secret:  # without one nothing is sent (below)
         headers[events.SIGNATURE_HEADER] = events.sign(secret, body)
     attempt: dict[str, Any] = {
         "event": event,
@@ -58,6 +59,8 @@ def deliver_event(event: str, chat_id: str, occurred_at: str, message: dict[str,
     started = time.perf_counter()
     retry: TransientError | None = None
     try:
+        if not secret:
+            raise PermanentError(events.NO_SECRET, "no_secret")
         answer = safe_http.post(
             url,
             body,

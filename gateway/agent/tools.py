@@ -20,11 +20,12 @@ it POSTs
 to the tool's URL through gateway/safe_http.py (no private, loopback or link-local address unless
 ALLOW_PRIVATE_URLS=1; DNS resolved once and the vetted address connected to; the answer read up to
 TOOL_ANSWER_MAX_BYTES), signed like the event webhooks (`X-Smsgw-Signature`, gateway/events.py
-`sign`) with the agent's `webhook_secret`, else EVENTS_WEBHOOK_SECRET (unsigned when neither is
-set), and gives the answer back to the model as a `tool` message. A tool that fails, times out or
-is refused is reported to the model as `{"error": "..."}`, never raised. The loop ends when the
-model answers in text; after MAX_ROUNDS rounds of tool calls the model is asked once more with
-`tool_choice: "none"`, so it must answer with what it has.
+`sign`) with the agent's `webhook_secret`, else EVENTS_WEBHOOK_SECRET (never unsigned: with
+neither, the call is not made and counts as refused), and gives the answer back to the model as
+a `tool` message. A tool that fails, times out or is refused is reported to the model as
+`{"error": "..."}`, never raised. The loop ends when the model answers in text; after MAX_ROUNDS
+rounds of tool calls the model is asked once more with `tool_choice: "none"`, so it must answer
+with what it has.
 
 A built-in call ends the loop at once: `end_chat` (argument `closing_text`, the reply) or
 `handoff_to_human` (the model's text or the `message` argument is the reply, if any). The caller
@@ -51,7 +52,7 @@ from gateway.agent import llm
 from gateway.agent.text import SPACE
 from gateway.config import Settings
 from gateway.errors import GatewayError, TransientError, http_status_is_transient
-from gateway.events import SIGNATURE_HEADER, sign
+from gateway.events import SIGNATURE_HEADER, sign, signing_secret
 from gateway.storage.models import Agent, Chat
 
 log = logging.getLogger(__name__)
@@ -471,10 +472,18 @@ def _call_function(
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "smsgw-tools/1"}
-    secret = agent.webhook_secret or settings.events_webhook_secret
-    if secret:
-        headers[SIGNATURE_HEADER] = sign(secret, body)
+    secret = signing_secret(agent, settings)
+    if not secret:  # every call is signed; an agent stored before that rule has none to sign with
+        return (
+            "refused",
+            _error("The tool was not called: the gateway has no secret to sign the call with."),
+            None,
+        )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "smsgw-tools/1",
+        SIGNATURE_HEADER: sign(secret, body),
+    }
     try:
         answer = safe_http.post(
             tool.url,

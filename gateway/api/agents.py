@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from flask import current_app
 from peewee import IntegrityError
 
 from gateway.api.contract import PathParam, operation
@@ -46,6 +49,21 @@ def agent_for_field(field: str, agent_id: str | None) -> Agent | None:
     return agent
 
 
+SECRET_REQUIRED = (
+    "is required while the agent has a webhook_url or a function tool and the gateway has no "
+    "EVENTS_WEBHOOK_SECRET: every event delivery and tool call is signed"
+)
+
+
+def require_signing_secret(webhook_url: str | None, webhook_secret: str | None, tools: list[Any]) -> None:
+    """422 naming `webhook_secret` when the agent would send something (events to its own URL, tool
+    calls) with no secret to sign it: neither its own nor EVENTS_WEBHOOK_SECRET."""
+    if webhook_secret or current_app.config["SETTINGS"].events_webhook_secret:
+        return
+    if webhook_url or any(tool.get("type") == "function" for tool in tools or []):
+        raise invalid_field("webhook_secret", SECRET_REQUIRED)
+
+
 @operation(
     "POST",
     "/agents",
@@ -59,6 +77,7 @@ def agent_for_field(field: str, agent_id: str | None) -> Agent | None:
 def create_agent(body: AgentCreate) -> AgentOut:
     """Create an agent; 201 with it."""
     data = body.model_dump(exclude_none=False)
+    require_signing_secret(data["webhook_url"], data["webhook_secret"], data["tools"])
     if data["agent_id"] is None:
         del data["agent_id"]  # the column's default makes one
     if data.get("agent_id") == DEFAULT_AGENT_ID:
@@ -121,6 +140,12 @@ def update_agent(agent_id: str, body: AgentUpdate) -> AgentOut:
     """Change the fields sent; the others keep their values."""
     agent = get_agent_or_404(agent_id)
     data = body.model_dump(include=body.model_fields_set)
+    if data.keys() & {"webhook_url", "webhook_secret", "tools"}:  # the agent as it would be saved
+        require_signing_secret(
+            data.get("webhook_url", agent.webhook_url),
+            data.get("webhook_secret", agent.webhook_secret),
+            data.get("tools", agent.tools),
+        )
     if data:
         data["updated_at"] = utcnow()
         changed = (

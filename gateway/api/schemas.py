@@ -389,8 +389,9 @@ class AgentSettings(Body):
             min_length=16,
             max_length=200,
             description="Write-only: the secret signing this agent's deliveries and tool calls "
-            "(X-Smsgw-Signature); null: "
-            "EVENTS_WEBHOOK_SECRET. Responses show only `webhook_secret_set`.",
+            "(X-Smsgw-Signature); null: EVENTS_WEBHOOK_SECRET. Nothing is sent unsigned: while the "
+            "agent has a webhook_url or a function tool and the gateway has no EVENTS_WEBHOOK_SECRET, "
+            "it is required (422 naming it). Responses show only `webhook_secret_set`.",
         ),
     ] = column_default(A.webhook_secret)
     default_dynamic_variables: Annotated[
