@@ -18,11 +18,16 @@ EVENTS_WEBHOOK_SECRET, and a delivery or tool call that still finds no secret (a
 the rule, settings changed since) is not sent but recorded as refused.
 
 `emit()` only reads the agent's webhook settings and queues a job, and never raises: a slow or
-dead receiver never delays a reply. The job (`workers.event_jobs.deliver_event`) posts through
-gateway/safe_http.py (no private addresses unless ALLOW_PRIVATE_URLS=1, DNS resolved once, answer
+dead receiver never delays a reply. Deliveries share the reply queue, but at most
+`delivery_concurrency(settings)` (a quarter of WORKER_CONCURRENCY) are queued or running at once
+(RQ's RateLimit on one key per gateway, `<SMSGW_QUEUE_PREFIX>:event-deliveries`); the rest wait in
+RQ's rate-limited set, oldest first. So a dead receiver under a flood of message_status events
+holds at most that many worker threads and leaves the others to replies. The job
+(`workers.event_jobs.deliver_event`) posts through gateway/safe_http.py (no private addresses
+unless ALLOW_PRIVATE_URLS=1, DNS resolved once, the whole POST within DELIVERY_TIMEOUT, answer
 capped), retries a network error, timeout, 408, 429 or 5xx with backoff (DELIVERY_RETRY_INTERVALS,
-bounded), and records every attempt in Redis: the newest ATTEMPTS_KEPT per endpoint are served by
-GET /v1/agents/{agent_id}/webhook-deliveries.
+bounded; the last failure is recorded as `gave_up`), and records every attempt in Redis: the
+newest ATTEMPTS_KEPT per endpoint are served by GET /v1/agents/{agent_id}/webhook-deliveries.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
+from rq.rate_limit import RateLimit
 
 from gateway.config import Settings
 from gateway.storage.models import Agent, Chat, utcnow
@@ -87,6 +93,17 @@ def endpoint_for(agent: Agent, settings: Settings) -> tuple[str | None, str | No
     return None, None
 
 
+def delivery_concurrency(settings: Settings) -> int:
+    """How many deliveries may be queued or running at once: a quarter of a worker's threads, so
+    deliveries that hang until their timeout never take the threads replies need."""
+    return max(1, settings.worker_concurrency // 4)
+
+
+def delivery_rate_limit(settings: Settings) -> RateLimit:
+    """The RQ rate limit every delivery of this gateway is queued under."""
+    return RateLimit(f"{settings.queue_prefix}:event-deliveries", concurrency=delivery_concurrency(settings))
+
+
 def subscribed(agent: Agent, event: str) -> bool:
     """True when the agent's webhook takes this event (its `webhook_events`, else the default set)."""
     wanted = agent.webhook_events if agent.webhook_events is not None else DEFAULT_EVENTS
@@ -130,6 +147,7 @@ def emit(
             timestamp(),
             message,
             retry=Retry(max=len(DELIVERY_RETRY_INTERVALS), interval=DELIVERY_RETRY_INTERVALS),
+            rate_limit=delivery_rate_limit(settings),
             job_timeout=DELIVERY_JOB_TIMEOUT,
             result_ttl=600,
             failure_ttl=7 * 24 * 3600,

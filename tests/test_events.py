@@ -234,6 +234,71 @@ def test_a_slow_or_dead_receiver_never_delays_a_reply(client, worker, fake_model
     assert Chat.select().count() == 1
 
 
+def restart_worker(worker, app, **changes) -> None:
+    """Run the worker (and the app) on changed settings."""
+    worker.stop()
+    worker.settings = worker.settings.model_copy(update=changes)
+    worker.start()
+    app.config["SETTINGS"] = worker.settings
+
+
+def test_deliveries_hanging_on_a_dead_receiver_leave_the_threads_to_replies(
+    client, app, worker, fake_model, fake_twilio, receiver
+):
+    """A flood of deliveries to a receiver that never answers (each holds a thread until its
+    timeout) takes at most a quarter of the worker's threads: a text's reply goes out meanwhile."""
+    restart_worker(worker, app, worker_concurrency=8)
+    cap = events.delivery_concurrency(worker.settings)
+    assert cap == 2
+    receiver.hold()  # takes each delivery and answers nothing
+    agent = create_agent(client, webhook_url=receiver.url, webhook_secret=SECRET)
+    chat = client.post(
+        "/v1/chats", json={"agent_id": agent["agent_id"], "user_id": "u4"}, headers=AUTH
+    ).get_json()
+    for _ in range(30):  # as many message_status events would
+        events.emit(app.task_queue, worker.settings, events.CHAT_STARTED, chat["chat_id"])
+    receiver.wait_for_requests(cap)
+    fake_model.reply_with("On it.")
+
+    assert post_twilio(client, "/twilio/sms", inbound_sms("hello")).status_code == 200  # the default agent
+    [sent] = fake_twilio.wait_for_messages(1, timeout=30)
+
+    assert sent["Body"] == "On it."
+    # It went out while the first deliveries still hung: none has ended, and no other was started.
+    assert deliveries(client, agent["agent_id"])["attempts"] == []
+    assert len(receiver.requests) == cap
+
+
+def test_retries_stop_and_the_last_attempt_is_recorded_as_given_up(
+    client, app, worker, receiver, monkeypatch
+):
+    from rq.registry import FailedJobRegistry
+
+    from tests.fakes.http import Response
+
+    monkeypatch.setattr(events, "DELIVERY_RETRY_INTERVALS", [1, 1])  # as queued here: 3 attempts in all
+    receiver.answer = lambda request: Response.json(503, {"error": "down for maintenance"})
+    agent = create_agent(
+        client, webhook_url=receiver.url, webhook_secret=SECRET, webhook_events=["chat_started"]
+    )
+    client.post("/v1/chats", json={"agent_id": agent["agent_id"], "user_id": "u5"}, headers=AUTH)
+
+    def given_up() -> list | None:
+        attempts = deliveries(client, agent["agent_id"])["attempts"]
+        return attempts if attempts and attempts[0]["outcome"] == "gave_up" else None
+
+    attempts = wait_for(given_up, 60, message="the delivery given up")
+    assert [(a["attempt"], a["outcome"], a["status_code"]) for a in attempts] == [
+        (3, "gave_up", 503),
+        (2, "failed", 503),
+        (1, "failed", 503),
+    ]
+    # No attempt follows: the job has failed for good.
+    wait_for(lambda: FailedJobRegistry(queue=app.task_queue).count, 30, message="the job failed")
+    assert len(receiver.requests) == 3
+    assert len(deliveries(client, agent["agent_id"])["attempts"]) == 3
+
+
 # --- the URL guard ------------------------------------------------------------------------------------
 
 

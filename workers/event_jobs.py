@@ -23,12 +23,21 @@ from workers.context import get_settings
 log = logging.getLogger(__name__)
 
 
+def retries_allowed() -> int:
+    """How many retries this delivery has: its job's own policy (emit() queues one interval per
+    retry), else events.DELIVERY_RETRY_INTERVALS."""
+    job = get_current_job()
+    if job is not None and job.retry_intervals:
+        return len(job.retry_intervals)
+    return len(events.DELIVERY_RETRY_INTERVALS)
+
+
 def attempt_number() -> int:
     """Which attempt this run of the job is (1 for the first)."""
     job = get_current_job()
     if job is None or job.retries_left is None:
         return 1
-    return len(events.DELIVERY_RETRY_INTERVALS) - job.retries_left + 1
+    return retries_allowed() - job.retries_left + 1
 
 
 def deliver_event(event: str, chat_id: str, occurred_at: str, message: dict[str, Any] | None = None) -> str:
@@ -79,7 +88,7 @@ def deliver_event(event: str, chat_id: str, occurred_at: str, message: dict[str,
     except PermanentError as exc:
         attempt["outcome"], attempt["error"] = "refused", exc.reason
     attempt["duration_ms"] = round((time.perf_counter() - started) * 1000)
-    if retry is not None and attempt["attempt"] > len(events.DELIVERY_RETRY_INTERVALS):
+    if retry is not None and attempt["attempt"] > retries_allowed():
         attempt["outcome"] = "gave_up"
     metrics.count("webhook_deliveries", event=event, outcome=attempt["outcome"])
     job = get_current_job()
