@@ -63,6 +63,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+# Gauges gateway/monitoring.py reads from Redis when /metrics is scraped (not stored in files).
+SCRAPED_GAUGES = (f"{PREFIX}_queue_depth", f"{PREFIX}_queue_oldest_job_age_seconds")
+
 _lock = threading.Lock()
 _metrics: dict[str, Any] = {}
 _directory: str | None = None

@@ -48,11 +48,12 @@ class QueueCollector:
             log.warning("metrics: could not read the queue: %s", exc)
             return
         name = self.queue.name
-        gauge = GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting in the queue.", labels=["queue"])
+        depth_name, age_name = metrics.SCRAPED_GAUGES
+        gauge = GaugeMetricFamily(depth_name, "Jobs waiting in the queue.", labels=["queue"])
         gauge.add_metric([name], depth)
         yield gauge
         age = GaugeMetricFamily(
-            "smsgw_queue_oldest_job_age_seconds",
+            age_name,
             "How long the oldest waiting job has waited.",
             labels=["queue"],
         )
