@@ -47,6 +47,24 @@ def test_api_completion_over_the_token_budget_is_refused_before_the_model(client
     assert Message.select().where(Message.chat == chat_id).count() == 0
 
 
+def test_api_completion_whose_reservation_does_not_fit_is_refused(client, settings, fake_model):
+    """Tokens are left (100 > max_tokens 90), but not for the call's reservation (prompt estimate +
+    90): 429 budget_exhausted, no model call, nothing counted, nothing left reserved."""
+    agent_id, chat_id = api_chat(client, tokens_per_day=100, max_tokens=90)
+
+    response = client.post(
+        f"/v1/chats/{chat_id}/completions", json={"content": "tell me about your menu"}, headers=AUTH
+    )
+
+    assert response.status_code == 429, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "budget_exhausted" and "calls in flight" in error["message"]
+    assert fake_model.requests == []
+    agent = Agent.get_by_id(agent_id)
+    assert spend.agent_usage(settings, agent)["tokens_today"] == 0
+    assert spend.budget_refusal(settings, agent, need=90) is None  # nothing stays reserved
+
+
 def test_api_completion_tokens_count_in_the_agents_usage(client, settings, fake_model):
     """The tokens of a completion show in /v1/agents/{id}/usage and on the stored answer."""
     agent_id, chat_id = api_chat(client, tokens_per_day=100_000)

@@ -108,7 +108,8 @@ def test_a_flood_from_fifty_numbers_stays_within_the_token_budget(
 ):
     """50 numbers x 4 texts against a small daily token budget: calls stop once it is spent, each
     person over it gets one notice (none when the notice is off), and usage shows the spend."""
-    capped_default_agent(replies_per_person_per_hour=2, tokens_per_day=400)
+    # Each call reserves its prompt estimate + max_tokens, so the cap must hold a few calls.
+    capped_default_agent(replies_per_person_per_hour=2, tokens_per_day=400, max_tokens=10)
     people = [f"+1415555{n:04d}" for n in range(50)]
     for round_ in range(4):
         for person in people:
@@ -117,10 +118,9 @@ def test_a_flood_from_fifty_numbers_stays_within_the_token_budget(
 
     calls = len(fake_model.requests)
     used = spend.agent_usage(configured, default_agent())["tokens_today"]
-    # Each call is admitted only while tokens are left: the budget is passed by one call at most.
-    per_call = used / calls
-    assert calls <= 400 / per_call + 1
-    assert calls <= 2 * 50
+    # Each call is made only when its reservation fits: the budget is never passed.
+    assert 0 < calls <= 2 * 50
+    assert 0 < used <= 400
     exhausted = Message.select().where(Message.reply_state == ReplyState.BUDGET_EXHAUSTED.value).count()
     limited = Message.select().where(Message.reply_state == ReplyState.RATE_LIMITED.value).count()
     assert exhausted > 0
@@ -203,15 +203,113 @@ def test_admission_is_atomic_across_processes(configured):
     assert sum(admitted) == 25
 
 
+def test_reservations_are_atomic_across_processes(configured, redis_conn):
+    """Two processes reserving calls of up to 50 tokens against a cap of 1,000 and settling each at
+    the 40 it used: the tokens counted never pass the cap, and nothing stays reserved."""
+    agent = capped_default_agent(tokens_per_day=1000)
+    script = (
+        "import sys; from gateway.config import Settings; from gateway.agent import spend; "
+        "from gateway.storage.models import Agent; "
+        "s = Settings.model_validate_json(sys.argv[1]); "
+        "a = Agent(agent_id=sys.argv[2], tokens_per_day=1000)\n"
+        "made = 0\n"
+        "for i in range(60):\n"
+        "    try:\n"
+        "        r = spend.reserve(s, a, 50)\n"
+        "    except spend.OverBudget:\n"
+        "        continue\n"
+        "    made += 1; r.settle(30, 10)\n"
+        "print(made)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, configured.model_dump_json(), agent.agent_id],
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    made = sum(int(p.communicate(timeout=60)[0].strip()) for p in procs)
+    used = spend.agent_usage(configured, agent)["tokens_today"]
+    assert used == 40 * made
+    assert used <= 1000
+    # Once the last calls settled, what is left is less than one reservation: the cap was used up.
+    assert used > 1000 - 50
+    day = spend._windows(spend.utcnow())[1]
+    assert int(redis_conn.get(spend.agent_reserved_key(configured, agent.agent_id, day)) or 0) == 0
+
+
+def test_a_refused_reservation_holds_nothing_and_a_failed_call_releases_it(configured):
+    """A reservation that would pass the cap is refused whole; a released one gives its tokens back."""
+    agent = capped_default_agent(tokens_per_day=100)
+    held = spend.reserve(configured, agent, 80)
+    with pytest.raises(spend.OverBudget, match="agent's daily budget of 100"):
+        spend.reserve(configured, agent, 30)
+    assert "spent" in spend.budget_refusal(configured, agent, need=30)
+    held.release()
+    spend.reserve(configured, agent, 30).settle(20, 5)
+    assert spend.agent_usage(configured, agent)["tokens_today"] == 25
+    gateway_only = configured.model_copy(update={"spend_gateway_tokens_per_day": 40})
+    with pytest.raises(spend.OverBudget, match="gateway's daily budget of 40"):
+        spend.reserve(gateway_only, None, 20)
+
+
 def test_usage_is_readable(configured):
     """Usage against the caps reads back from Redis (the API shows it)."""
-    agent = capped_default_agent(tokens_per_day=1000)
+    agent = capped_default_agent(tokens_per_day=1000, max_tokens=100)
     spend.record_tokens(configured, agent.agent_id, 10, 5)
     spend.admit_reply(configured, agent, PERSON, 1)
     usage = spend.agent_usage(configured, agent, person=PERSON)
     assert usage["tokens_today"] == 15 and usage["tokens_per_day"] == 1000
     assert usage["replies_today"] == 1 and usage["person"]["replies_this_hour"] == 1
     assert spend.gateway_usage(configured)["tokens_today"] == 15
+
+
+def test_two_worker_processes_race_on_one_token_budget(
+    client, app, settings, redis_conn, fake_model, tmp_path
+):
+    """Texts from 40 numbers answered by two worker processes, 8 calls at a time each, against a
+    small daily token budget: the tokens counted (as the fake model reports them) never pass the
+    budget, the texts not answered are recorded budget_exhausted, and nothing stays reserved."""
+    cap = 1200
+    agent = capped_default_agent(tokens_per_day=cap, max_tokens=20, replies_per_person_per_hour=0)
+    fake_model.latency = 0.3  # many calls in flight at once, across both workers
+    workers = [
+        WorkerProcess(settings, tmp_path / f"worker{i}.log", {"WORKER_CONCURRENCY": "8"}) for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for n in range(40):
+            post_twilio(client, SMS, inbound_sms("what is on the menu today", From=f"+1415555{n:04d}"))
+        wait_for(
+            lambda: (
+                Message.select()
+                .where((Message.role == Role.USER.value) & (Message.reply_state == ReplyState.PENDING.value))
+                .count()
+                == 0
+            ),
+            timeout=120,
+            message="every text answered or refused",
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+    answers = list(Message.select().where((Message.role == Role.AGENT.value) & (Message.kind == "text")))
+    reported = sum((m.prompt_tokens or 0) + (m.completion_tokens or 0) for m in answers)
+    usage = spend.agent_usage(settings, agent)
+    assert len(fake_model.requests) == len(answers) > 0
+    assert usage["tokens_today"] == reported
+    assert reported <= cap
+    assert fake_model.max_in_flight > 1  # the calls did race
+    states = [m.reply_state for m in Message.select().where(Message.role == Role.USER.value)]
+    assert states.count(ReplyState.ANSWERED.value) == len(answers)
+    assert states.count(ReplyState.BUDGET_EXHAUSTED.value) == 40 - len(answers) > 0
+    refused = Message.select().where(Message.reply_state == ReplyState.BUDGET_EXHAUSTED.value)
+    assert all("budget" in m.error_message for m in refused)
+    day = spend._windows(spend.utcnow())[1]
+    assert not redis_conn.get(spend.agent_reserved_key(settings, agent.agent_id, day))
 
 
 def test_analysis_stops_retrying_a_model_that_answers_prose(configured, redis_conn, fake_model):

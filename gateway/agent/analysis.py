@@ -69,6 +69,9 @@ ANALYSIS_JOB = "workers.memory_jobs.analyze_chat"
 ANALYSIS_JOB_TIMEOUT = 300
 ANALYSIS_RETRIES = 3  # for errors of the model provider; a non-JSON answer is retried once
 ANALYSIS_MAX_MESSAGES = 100  # the newest messages the analysis reads
+# The analysis answer's cap (max_tokens): a short summary, the verdicts and the agent's fields fit
+# well within it. Not the agent's max_tokens: that bounds an SMS reply and may cut the JSON short.
+ANALYSIS_MAX_TOKENS = 1500
 SYSTEM_PROMPT_MAX_CHARS = 8000  # of the agent's system prompt shown to the analyst
 SENTIMENTS = ("positive", "neutral", "negative")
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -308,19 +311,20 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
     else:
         if not settings.model_configured:
             return None  # the offline responder cannot analyse
-        over_budget = spend.budget_refusal(settings, agent)
-        if over_budget:
-            log.warning("analysis: chat %s not analysed: %s", chat_id, over_budget)
-            return None
         request = analysis_request(chat, agent, rows, older_left_out, fields)
-        completion = structured.complete_json_counted(
-            settings,
-            agent.agent_id,
-            model=model_for(agent, settings),
-            messages=request,
-            name="chat_analysis",
-            schema=analysis_schema(fields),
-        )
+        try:
+            completion = structured.complete_json_counted(
+                settings,
+                agent,
+                model=model_for(agent, settings),
+                messages=request,
+                name="chat_analysis",
+                schema=analysis_schema(fields),
+                max_tokens=ANALYSIS_MAX_TOKENS,
+            )
+        except spend.OverBudget as exc:
+            log.warning("analysis: chat %s not analysed: %s", chat_id, exc.reason)
+            return None
         parsed = parse_analysis(completion.text, fields)
         if parsed is None:
             job = get_current_job()

@@ -79,6 +79,11 @@ PROFILE_HEADING = "What we know about this person (user profile memory, from ear
 SUMMARY_MAX_MESSAGES = 200  # messages one summary update reads, at most (the newest)
 SUMMARY_LEAD = 2  # messages of headroom: one exchange (their text, our answer)
 SUMMARY_MAX_CHARS = 4000  # a longer answer is cut here before it is stored
+# The model's answer is capped (max_tokens) at what the stored JSON may hold: a summary of 4,000
+# characters is about 1,000 tokens, a profile of 16,000 characters of JSON about 4,000. Not the
+# agent's max_tokens: that bounds an SMS reply, and a small one would cut the JSON short.
+SUMMARY_MAX_TOKENS = 1500
+PROFILE_MAX_TOKENS = 4000
 PROFILE_MAX_MESSAGES = 200  # messages one profile update reads, at most (the newest)
 PROFILE_BATCH = 3  # new texts from the person that make a profile update worth a model call
 PROFILE_MAX_JSON_CHARS = 16000  # a bigger profile answer is refused (the old one is kept)
@@ -263,17 +268,18 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
             return MemoryOutcome("not_due")
         request = summary_request(chat.summary, rows, more)
         old_mark = chat.summary_message_id
-    over_budget = spend.budget_refusal(settings, agent)
-    if over_budget:
-        return MemoryOutcome("skipped", over_budget)
-    completion = structured.complete_json_counted(
-        settings,
-        agent.agent_id,
-        model=model_for(agent, settings),
-        messages=request,
-        name="summary",
-        schema=SUMMARY_SCHEMA,
-    )
+    try:
+        completion = structured.complete_json_counted(
+            settings,
+            agent,
+            model=model_for(agent, settings),
+            messages=request,
+            name="summary",
+            schema=SUMMARY_SCHEMA,
+            max_tokens=SUMMARY_MAX_TOKENS,
+        )
+    except spend.OverBudget as exc:
+        return MemoryOutcome("skipped", exc.reason)
     summary = clip(summary_text(completion.text), SUMMARY_MAX_CHARS)
     if not summary:
         return MemoryOutcome("skipped", "empty answer")
@@ -404,12 +410,18 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
         if model is None:
             model = model_for(agent, settings)
         request = profile_request(profile, rows, more)
-    over_budget = spend.budget_refusal(settings, agent)
-    if over_budget:
-        return MemoryOutcome("skipped", over_budget)
-    completion = structured.complete_json_counted(
-        settings, agent.agent_id, model=model, messages=request, name="profile", schema=PROFILE_SCHEMA
-    )
+    try:
+        completion = structured.complete_json_counted(
+            settings,
+            agent,
+            model=model,
+            messages=request,
+            name="profile",
+            schema=PROFILE_SCHEMA,
+            max_tokens=PROFILE_MAX_TOKENS,
+        )
+    except spend.OverBudget as exc:
+        return MemoryOutcome("skipped", exc.reason)
     updated = parse_json_object(completion.text)
     if updated is not None:
         # Strict schemas make every key present; unknown ones arrive as null or empty.

@@ -22,6 +22,7 @@ from gateway.agent import llm, spend
 from gateway.config import Settings
 from gateway.errors import PermanentError
 from gateway.queue import redis_for
+from gateway.storage.models import Agent
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def complete_json(
     schema: dict[str, Any],
     redis: Redis | None = None,
     agent_id: str | None = None,
+    max_tokens: int | None = None,
 ) -> llm.Completion:
     """Ask for one JSON object fitting `schema` the strongest way the endpoint accepts (see module doc).
 
@@ -106,6 +108,7 @@ def complete_json(
                 model=model,
                 messages=messages,
                 response_format=response_format(kind, name, schema),
+                max_tokens=max_tokens,
                 agent_id=agent_id,
             )
         except PermanentError as exc:
@@ -126,20 +129,39 @@ def complete_json(
 
 
 def complete_json_counted(
-    settings: Settings, agent_id: str, *, model: str, messages: list[dict[str, Any]], name: str, schema: dict
+    settings: Settings,
+    agent: Agent,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    name: str,
+    schema: dict,
+    max_tokens: int,
 ) -> llm.Completion:
-    """`complete_json` for a background job of an agent (summary, profile, analysis): the kind that
-    worked is remembered in Redis, and the call's tokens count against the agent's daily budget."""
-    completion = complete_json(
-        settings,
-        model=model,
-        messages=messages,
-        name=name,
-        schema=schema,
-        redis=redis_for(settings),
-        agent_id=agent_id,
-    )
-    spend.record_tokens(settings, agent_id, completion.prompt_tokens, completion.completion_tokens)
+    """`complete_json` for a background job of an agent (summary, profile, analysis), its answer
+    capped at `max_tokens`: the kind that worked is remembered in Redis, and the call counts
+    against the agent's and the gateway's daily budgets.
+
+    Its estimated size is reserved first (spend.reserve: raises spend.OverBudget, and no model
+    call is made, when it does not fit); the answer's tokens replace the reservation, a failure
+    releases it. The attempts a server refuses (400/422) answer nothing and share the reservation.
+    """
+    reservation = spend.reserve(settings, agent, spend.estimate_tokens(messages, None, max_tokens))
+    try:
+        completion = complete_json(
+            settings,
+            model=model,
+            messages=messages,
+            name=name,
+            schema=schema,
+            redis=redis_for(settings),
+            agent_id=agent.agent_id,
+            max_tokens=max_tokens,
+        )
+    except BaseException:
+        reservation.release()
+        raise
+    reservation.settle(completion.prompt_tokens, completion.completion_tokens)
     return completion
 
 

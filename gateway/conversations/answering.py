@@ -2,7 +2,9 @@
 
 A turn goes: `build_prompt` (the agent's settings and memory), `check_budget` (a spent daily token
 budget refuses the turn before any model call), `ask` (ONE model call with the agent's settings;
-its tokens are counted against the budgets), then the answer is stored with its usage
+it first reserves its estimated size against the budgets, atomically, and is refused with
+BudgetExhausted when that would pass one; the reservation becomes the tokens the model reports
+when it answers), then the answer is stored with its usage
 (`answer_rows`), inside a transaction that first takes the chat with `lock_unheld_chat`: an
 operator who took the chat over while the model was thinking wins, and the answer is dropped
 (`drop_for_operator` says so on the texts it would have answered).
@@ -62,8 +64,9 @@ def build_prompt(
 
 
 def check_budget(settings: Settings, agent: Agent) -> None:
-    """Raise BudgetExhausted when the agent's or the gateway's daily token budget is spent."""
-    reason = spend.budget_refusal(settings, agent)
+    """Raise BudgetExhausted when the agent's or the gateway's daily token budget is spent: less
+    is left than one call's max_tokens (calls in flight hold their reservations)."""
+    reason = spend.budget_refusal(settings, agent, need=agent.max_tokens or 0)
     if reason is not None:
         raise BudgetExhausted(f"{reason} No model call until it resets at midnight UTC.")
 
@@ -80,19 +83,32 @@ def ask(
 
     Every model call of a conversation turn goes through here (the tool loop, `answer_with_tools`,
     wraps this function, offering the agent's tools as `offered`), so the token budgets see every
-    call. No database connection is needed or held.
+    call. Before the call its estimated size (prompt, tools, max_tokens) is reserved against the
+    agent's and the gateway's daily budgets (BudgetExhausted when it does not fit); the answer's
+    reported tokens replace the reservation, a failure releases it. No database connection is
+    needed or held.
     """
-    completion = llm.complete(
-        settings,
-        model=agent.model or settings.openai_model,
-        messages=messages,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-        tools=offered,
-        tool_choice=tool_choice,
-        agent_id=agent.agent_id,
-    )
-    spend.record_tokens(settings, agent.agent_id, completion.prompt_tokens, completion.completion_tokens)
+    try:
+        reservation = spend.reserve(
+            settings, agent, spend.estimate_tokens(messages, offered, agent.max_tokens)
+        )
+    except spend.OverBudget as exc:
+        raise BudgetExhausted(f"{exc.reason} No model call until it resets at midnight UTC.") from None
+    try:
+        completion = llm.complete(
+            settings,
+            model=agent.model or settings.openai_model,
+            messages=messages,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            tools=offered,
+            tool_choice=tool_choice,
+            agent_id=agent.agent_id,
+        )
+    except BaseException:
+        reservation.release()
+        raise
+    reservation.settle(completion.prompt_tokens, completion.completion_tokens)
     return completion
 
 

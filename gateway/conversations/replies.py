@@ -178,6 +178,18 @@ def answer_message(settings: Settings, message_id: int, *, last_attempt: bool = 
                             return ReplyOutcome("skipped", message_id)
                         outcome = "held" if run.action == tools.HANDOFF else "answered"
                         return ReplyOutcome(outcome, message_id, 0, tuple(covered), *silent)
+                except answering.BudgetExhausted as exc:
+                    # The call's reservation did not fit (calls in flight hold the rest of the
+                    # budget): refused like an admission over the budget, one notice a day, and
+                    # not counted as a reply against the person's caps.
+                    spend.unadmit_reply(settings, agent, target.their_number, newest)
+                    refusal = spend.Refusal(
+                        ReplyState.BUDGET_EXHAUSTED,
+                        exc.reason,
+                        spend.budget_notice_due(settings, agent, target.their_number),
+                    )
+                    refuse_reply(settings, agent, refusal, target, covered)
+                    return ReplyOutcome(refusal.state.value, message_id, sent, tuple(covered))
                 except GatewayError as exc:
                     if not answering.falls_back(agent, exc, last_attempt):
                         raise
