@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from rq import Queue, SimpleWorker
 
-from gateway.agent import analysis
+from gateway.agent import analysis, spend
 from gateway.agent.analysis import (
     ANALYSIS_INSTRUCTIONS,
     ANALYSIS_MAX_MESSAGES,
@@ -199,6 +199,24 @@ def test_an_answer_without_json_is_retried(configured, fake_model):
     result = analysis.analyze_chat(configured, chat.chat_id)
     assert (result["user_sentiment"], result["chat_successful"]) == (None, False)
     assert result["custom_analysis_data"] == dict.fromkeys(f["name"] for f in FIELDS)
+
+
+def test_the_analysis_is_capped_and_counted_against_the_budget(configured, fake_model):
+    """The analysis call sends its own max_tokens (not the agent's reply cap), its tokens count,
+    and with too little budget left for its reservation no call is made."""
+    fake_model.responder = analyst()
+    agent = booking_agent(max_tokens=30, tokens_per_day=4000)
+    chat = Chat.create(agent=agent, chat_type=ChatType.API.value)
+    Message.create(chat=chat, role=Role.USER.value, content="hi")
+    assert analysis.analyze_chat(configured, chat.chat_id) is not None
+    [request] = analysis_requests(fake_model)
+    assert request["max_tokens"] == analysis.ANALYSIS_MAX_TOKENS
+    used = spend.agent_usage(configured, agent)["tokens_today"]
+    assert used > 0
+
+    spend.record_tokens(configured, agent.agent_id, 4000 - used - analysis.ANALYSIS_MAX_TOKENS, 0)
+    assert analysis.analyze_chat(configured, chat.chat_id) is None  # the prompt does not fit too
+    assert len(fake_model.requests) == 1
 
 
 def test_a_chat_without_texts_from_the_person_costs_no_model_call(configured, fake_model):

@@ -14,10 +14,10 @@ from datetime import timedelta
 
 import pytest
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue, Retry, SimpleWorker
 from rq.job import JobStatus
 
-from gateway.agent import memory
+from gateway.agent import memory, spend
 from gateway.agent.analysis import ANALYSIS_INSTRUCTIONS
 from gateway.agent.memory import (
     PROFILE_HEADING,
@@ -547,3 +547,71 @@ def test_memory_jobs_do_nothing_without_a_model(app, settings_with, fake_model):
         assert not fake_model.requests
     finally:
         context.configure(None)
+
+
+# --- the token budget, the answer's cap, prose answers ----------------------------------------------
+
+
+def due_summary_and_profile(**fields) -> Chat:
+    """A chat whose summary and profile updates are both due."""
+    agent = new_agent(num_last_messages=2, summary_memory=True, user_analysis_memory=True, **fields)
+    chat = sms_chat(agent)
+    for i in range(4):
+        exchange(chat, f"text {i}", "ok")
+    return chat
+
+
+def test_memory_calls_are_capped_with_their_own_max_tokens(configured, fake_model, brain):
+    """The summary and profile calls send max_tokens sized to their JSON, not the agent's reply cap."""
+    chat = due_summary_and_profile(max_tokens=40)
+    assert memory_jobs.update_summary(chat.chat_id).startswith("updated")
+    assert memory_jobs.update_profile(f"phone:{THEIRS}").startswith("updated")
+    [summary] = requests_of(fake_model, "summary")
+    [profile] = requests_of(fake_model, "profile")
+    assert summary["max_tokens"] == memory.SUMMARY_MAX_TOKENS
+    assert profile["max_tokens"] == memory.PROFILE_MAX_TOKENS
+
+
+@pytest.mark.parametrize("used", [5000, 4000])
+def test_memory_jobs_make_no_model_call_over_the_token_budget(configured, fake_model, brain, used):
+    """A spent budget (5000 of 5000), or one with less left than a call's reservation (prompt +
+    max_tokens: 1000 left < 1500 + the prompt), skips both jobs without a model call and keeps the
+    old summary and profile."""
+    chat = due_summary_and_profile(tokens_per_day=5000)
+    Chat.update(summary="OLD SUMMARY").where(Chat.chat_id == chat.chat_id).execute()
+    UserProfile.create(key=f"phone:{THEIRS}", profile={"name": "Ana"}, last_message_id=None)
+    spend.record_tokens(configured, chat.agent_id, used, 0)
+
+    summary = memory_jobs.update_summary(chat.chat_id)
+    profile = memory_jobs.update_profile(f"phone:{THEIRS}")
+
+    assert summary.startswith("skipped") and "budget" in summary
+    assert profile.startswith("skipped") and "budget" in profile
+    assert fake_model.requests == []
+    assert fresh(chat).summary == "OLD SUMMARY"
+    assert UserProfile.get_by_id(f"phone:{THEIRS}").profile == {"name": "Ana"}
+    assert spend.agent_usage(configured, Agent.get_by_id(chat.agent_id))["tokens_today"] == used
+
+
+def test_memory_jobs_answered_in_prose_make_one_call_each(configured, fake_model, queue):
+    """A model that answers prose: each job (queued with retries, as in production) calls it once and
+    finishes. The profile keeps the old one; the summary takes the prose as the summary (a server
+    without response_format may answer it so) and counts its tokens."""
+    chat = due_summary_and_profile()
+    UserProfile.create(key=f"phone:{THEIRS}", profile={"name": "Ana"}, last_message_id=None)
+    fake_model.reply_with("I am not able to help with that.")
+    jobs_ = [
+        queue.enqueue(memory_jobs.update_summary, chat.chat_id, retry=Retry(max=3)),
+        queue.enqueue(memory_jobs.update_profile, f"phone:{THEIRS}", retry=Retry(max=3)),
+    ]
+    run_jobs(queue)
+
+    assert len(requests_of(fake_model, "summary")) == 1
+    assert len(requests_of(fake_model, "profile")) == 1
+    assert len(fake_model.requests) == 2
+    assert [job.get_status() for job in jobs_] == [JobStatus.FINISHED, JobStatus.FINISHED]
+    assert jobs_[1].return_value().startswith("invalid_json")
+    stored = UserProfile.get_by_id(f"phone:{THEIRS}")
+    assert stored.profile == {"name": "Ana"} and stored.last_message_id is None
+    assert fresh(chat).summary == "I am not able to help with that."
+    assert spend.agent_usage(configured, Agent.get_by_id(chat.agent_id))["tokens_today"] > 0
