@@ -209,7 +209,7 @@ def contacts_erase(phone_number: str, yes: bool) -> None:
         queue = job_queue(queue_name(settings), connection=connect_redis(settings.redis_url))
     else:
         click.echo("REDIS_URL is not set: no queued jobs were looked for", err=True)
-    counts = erase_person(phone, queue)
+    counts = erase_person(phone, queue, settings)
     click.echo("erased: " + ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in counts.items()))
 
 

@@ -116,5 +116,9 @@ def export_contact(phone_number: str) -> ContactExport:
 )
 def erase_contact(phone_number: str) -> ContactErased:
     """Erase the person."""
-    counts = contacts.erase_person(person_or_422(phone_number), current_app.task_queue)  # type: ignore[attr-defined]
+    counts = contacts.erase_person(
+        person_or_422(phone_number),
+        current_app.task_queue,  # type: ignore[attr-defined]
+        current_app.config["SETTINGS"],
+    )
     return ContactErased(erased=counts)

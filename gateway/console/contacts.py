@@ -125,7 +125,11 @@ def person_erase_confirm(phone_number: str):
 def person_erase(phone_number: str):
     """Erase everything stored about the person; say what was deleted."""
     phone = person_or_404(phone_number)
-    counts = people.erase_person(phone, current_app.task_queue)  # type: ignore[attr-defined]
+    counts = people.erase_person(
+        phone,
+        current_app.task_queue,  # type: ignore[attr-defined]
+        current_app.config["SETTINGS"],
+    )
     flash(
         f"Erased everything stored about {phone}: "
         + ", ".join(

@@ -3,8 +3,9 @@
 Everything the gateway keeps about a person hangs off their number: their contact rows (one per
 our number, with the opt-out state), their SMS chats (`Chat.to_number`) with every message and
 its media references, API chats whose `user_id` is the number, their profile (`phone:<number>`),
-the idempotency keys whose stored answer names them, and the jobs queued for those chats and
-messages. `export_person` gathers all of it as JSON; `erase_person` deletes all of it, jobs
+the idempotency keys whose stored answer names them, the jobs queued for those chats and
+messages (event deliveries included), and the spend guard's counters in Redis (named by a hash of
+the number). `export_person` gathers all of it as JSON; `erase_person` deletes all of it, jobs
 included, so that no row of any table mentions the number afterwards.
 
 Erasing also forgets an opt-out (the contact row is what held it); Twilio keeps its own opt-out
@@ -19,12 +20,16 @@ from typing import Any
 
 from peewee import Expression
 from playhouse.shortcuts import model_to_dict
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 
+from gateway.agent import spend
 from gateway.agent.analysis import analysis_job_id
 from gateway.agent.memory import profile_job_id, summary_job_id
+from gateway.config import Settings
 from gateway.conversations.consent import set_opted_out
+from gateway.events import DELIVER_JOB
 from gateway.logs import mask_number
 from gateway.queue import opening_job_id, reply_job_id
 from gateway.storage.db import database
@@ -174,8 +179,50 @@ def _delete_jobs(queue: Queue | None, job_ids: list[str]) -> int:
     return deleted
 
 
-def erase_person(phone: str, queue: Queue | None) -> dict[str, int]:
+def _registries(queue: Queue) -> list[Any]:
+    """Every registry of the queue a job can sit in until it expires."""
+    return [
+        queue.scheduled_job_registry,
+        queue.started_job_registry,
+        queue.deferred_job_registry,
+        queue.failed_job_registry,
+        queue.finished_job_registry,
+        queue.canceled_job_registry,
+    ]
+
+
+def _event_job_ids(queue: Queue | None, chat_ids: list[str]) -> list[str]:
+    """The ids of the event-delivery jobs of these chats: queued, scheduled for a retry, running,
+    failed (kept 7 days) or finished. Their ids are random, so each job of the queue and its
+    registries is read (as JSON, with the queue's serializer) and kept when it delivers an event of
+    one of these chats (its second argument)."""
+    if queue is None or not chat_ids:
+        return []
+    wanted = set(chat_ids)
+    candidates: list[str] = list(queue.get_job_ids())
+    for registry in _registries(queue):
+        candidates += registry.get_job_ids()
+    found: list[str] = []
+    unique = list(dict.fromkeys(candidates))
+    for start in range(0, len(unique), 500):
+        batch = unique[start : start + 500]
+        for job in Job.fetch_many(batch, connection=queue.connection, serializer=queue.serializer):
+            if job is None:
+                continue
+            try:
+                if job.func_name == DELIVER_JOB and len(job.args) > 1 and job.args[1] in wanted:
+                    found.append(job.id)
+            except Exception:  # a job whose data cannot be read (an old pickle): not one of ours
+                continue
+    return found
+
+
+def erase_person(phone: str, queue: Queue | None, settings: Settings | None = None) -> dict[str, int]:
     """Delete everything stored about the person (and their queued jobs); the counts deleted.
+
+    The jobs are those of their chats, messages and profile, and every event delivery of their
+    chats (the payloads name the number). With `settings`, the spend guard's counters of the person
+    (in Redis, keyed by a hash of the number) go too.
 
     Jobs go first, so none starts on a chat that is being deleted; a job already running finds
     its message or chat gone and does nothing.
@@ -183,7 +230,13 @@ def erase_person(phone: str, queue: Queue | None) -> dict[str, int]:
     with database.connection_context():
         chat_ids = chat_ids_of(phone)
         message_ids = [m.id for m in Message.select(Message.id).where(_messages_where(phone, chat_ids))]
-    jobs = _delete_jobs(queue, _job_ids(phone, chat_ids, message_ids))
+    jobs = _delete_jobs(queue, _job_ids(phone, chat_ids, message_ids) + _event_job_ids(queue, chat_ids))
+    # The spend guard's counters of the person (keyed by a hash of the number).
+    try:
+        spend_keys = spend.forget_person(settings, phone) if settings is not None else 0
+    except RedisError as exc:
+        log.warning("contacts: could not delete the spend-guard counters of %s: %s", mask_number(phone), exc)
+        spend_keys = 0
     with database.connection_context(), database.atomic():
         if message_ids:
             # Replies may point at messages being deleted: unlink first (SET NULL, portably).
@@ -200,6 +253,7 @@ def erase_person(phone: str, queue: Queue | None) -> dict[str, int]:
         "profiles": profiles,
         "idempotency_keys": keys,
         "jobs": jobs,
+        "spend_keys": spend_keys,
     }
     log.info("contacts: erased everything stored about %s (%s)", mask_number(phone), counts)
     return counts
