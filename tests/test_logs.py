@@ -200,3 +200,40 @@ def test_a_job_failed_by_a_database_outage_is_one_line(captured):
     assert len(one) == 1 and "WARNING" in one[0]
     assert "failed on the database: peewee.OperationalError: server closed the connection" in one[0]
     assert "Traceback" in captured.getvalue().split("reply-000000000008", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:////nonexistent/smsgw-dir/x.db", "the folder /nonexistent/smsgw-dir does not exist"),
+        (
+            "postgresql://smsgw:hunter2-pass@127.0.0.1:1/gw",
+            "cannot open the database postgresql://smsgw:***@127.0.0.1:1/gw",
+        ),
+        ("mysql://root@localhost/gw", "unknown kind of database 'mysql'"),
+    ],
+)
+def test_a_bad_database_url_stops_the_web_process_with_one_line(tmp_path, redis_server, url, says):
+    """gunicorn 'gateway:create_app()' (the Procfile's web) with a wrong DATABASE_URL: the gateway
+    says what and where in one line (gunicorn's own lines aside), gunicorn exits non-zero, and no
+    folder is created unasked."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TWILIO_", "DATABASE_"))
+    }
+    environment.update(DATABASE_URL=url, REDIS_URL=redis_server.url, PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", "127.0.0.1:0", "gateway:create_app()"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).splitlines()
+    # gunicorn's own lines start with its "[time] [pid] [LEVEL]" stamp; the rest are the gateway's.
+    ours = [line for line in output if line.strip() and not line.startswith("[")]
+    assert len(ours) == 1, output
+    assert says in ours[0]
+    assert "hunter2-pass" not in result.stdout + result.stderr
+    assert not Path("/nonexistent/smsgw-dir").exists()
