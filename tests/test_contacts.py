@@ -185,3 +185,15 @@ def test_retention_deletes_old_messages_and_emptied_chats(client, settings):
     assert counts["messages"] == 2 and counts["chats"] == 1
     assert [m.content for m in Message.select()] == ["fresh"]
     assert Chat.get_or_none(Chat.chat_id == old_chat.chat_id) is None
+
+
+def test_erase_reads_past_a_job_it_cannot_read(client, settings, redis_conn):
+    """A job in the queue whose data is not JSON does not stop the erase (nor is it run or deleted)."""
+    queue = job_queue(queue_name(settings), redis_conn)
+    redis_conn.hset(f"rq:job:{'f' * 32}", mapping={"data": b"\x80\x04not json", "meta": b"\x80\x04not json"})
+    redis_conn.rpush(queue.key, "f" * 32)
+    post_twilio(client, "/twilio/sms", inbound_sms("Hi, I am Ada"))
+    output = cli(settings, "contacts", "erase", "--yes", PERSON).stdout
+    assert output.startswith("erased: 1 chats, 1 messages")
+    assert rows_mentioning(DIGITS) == []
+    assert redis_conn.exists(f"rq:job:{'f' * 32}")

@@ -205,16 +205,28 @@ def _event_job_ids(queue: Queue | None, chat_ids: list[str]) -> list[str]:
     found: list[str] = []
     unique = list(dict.fromkeys(candidates))
     for start in range(0, len(unique), 500):
-        batch = unique[start : start + 500]
-        for job in Job.fetch_many(batch, connection=queue.connection, serializer=queue.serializer):
-            if job is None:
-                continue
+        for job in _fetch_readable(queue, unique[start : start + 500]):
             try:
                 if job.func_name == DELIVER_JOB and len(job.args) > 1 and job.args[1] in wanted:
                     found.append(job.id)
             except Exception:  # a job whose data cannot be read (an old pickle): not one of ours
                 continue
     return found
+
+
+def _fetch_readable(queue: Queue, job_ids: list[str]) -> list[Job]:
+    """These jobs as JSON (gone ones left out); one that cannot be read is skipped, not fatal."""
+    try:
+        jobs = Job.fetch_many(job_ids, connection=queue.connection, serializer=queue.serializer)
+        return [job for job in jobs if job is not None]
+    except Exception:  # one unreadable job spoils the batch: read them one by one
+        readable = []
+        for job_id in job_ids:
+            try:
+                readable.append(Job.fetch(job_id, connection=queue.connection, serializer=queue.serializer))
+            except Exception:  # NoSuchJobError, or data the JSON serializer refuses
+                continue
+        return readable
 
 
 def erase_person(phone: str, queue: Queue | None, settings: Settings | None = None) -> dict[str, int]:
