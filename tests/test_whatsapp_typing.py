@@ -56,3 +56,22 @@ def test_a_failing_typing_indicator_neither_fails_nor_holds_the_reply(
     assert len(fake_twilio.messages) == 2
     assert threads[1].is_alive()  # still waiting on Twilio; the reply did not
     assert Message.get_by_id(second.id).reply_state == "answered"
+
+
+def test_a_twilio_library_without_the_indicator_is_logged_once_and_the_reply_goes_out(
+    client, settings, fake_model, fake_twilio, monkeypatch, caplog
+):
+    from twilio.rest.messaging.v2 import V2
+
+    caplog.set_level(logging.DEBUG, logger="gateway.twilio.client")
+    monkeypatch.delattr(V2, "typing_indicator")  # as in a twilio release before 9.8.2
+    monkeypatch.setattr(twilio_client_module, "_typing_missing_logged", threading.Event())
+    for text in ("first", "second"):
+        message = record(client, inbound_whatsapp(text))
+        fake_model.reply_with("Hello!")
+        assert replies.answer_message(settings, message.id).outcome == "answered"
+    assert [m["Body"] for m in fake_twilio.messages] == ["Hello!", "Hello!"]
+    assert fake_twilio.typing == []
+    unavailable = [r for r in caplog.records if "typing indicators are unavailable" in r.getMessage()]
+    assert len(unavailable) == 1 and unavailable[0].levelname == "WARNING"
+    assert twilio_client_module.TYPING_SINCE in unavailable[0].getMessage()

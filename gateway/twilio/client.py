@@ -11,6 +11,7 @@ import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+from twilio.rest.messaging.v2 import V2 as MessagingV2
 
 from gateway.clients import ClientCache
 from gateway.config import Settings
@@ -99,6 +100,34 @@ def send_sms(
 
 
 _typing_failed_once = threading.Event()
+_typing_missing_logged = threading.Event()
+# The first twilio release whose client has Messaging v2's typing indicator (pyproject.toml's minimum).
+TYPING_SINCE = "9.8.2"
+
+
+def typing_supported() -> bool:
+    """True when the installed twilio library has `messaging.v2.typing_indicator`; logged once when not."""
+    if hasattr(MessagingV2, "typing_indicator"):
+        return True
+    if not _typing_missing_logged.is_set():
+        _typing_missing_logged.set()
+        log.warning(
+            "whatsapp typing indicators are unavailable: the installed twilio library (%s) has no "
+            "messaging.v2.typing_indicator (twilio %s or later has it)",
+            _twilio_version(),
+            TYPING_SINCE,
+        )
+    return False
+
+
+def _twilio_version() -> str:
+    """The installed twilio library's version, for the log line."""
+    try:
+        from importlib.metadata import version
+
+        return version("twilio")
+    except Exception:  # noqa: BLE001 - only words for a log line
+        return "unknown version"
 
 
 def show_typing(settings: Settings, message_sid: str | None) -> threading.Thread | None:
@@ -107,9 +136,10 @@ def show_typing(settings: Settings, message_sid: str | None) -> threading.Thread
     Best effort and never in the way: the call runs in a thread of its own with a short timeout,
     so the reply neither waits for it nor fails with it. The first failure in a process is logged
     as a warning (typing indicators are a Public Beta Twilio may refuse), later ones at debug.
+    A twilio library too old to have the indicator is logged once (`typing_supported`) and skipped.
     Returns the thread (tests join it), or None when there is nothing to do.
     """
-    if not message_sid or not settings.twilio_configured:
+    if not message_sid or not settings.twilio_configured or not typing_supported():
         return None
     thread = threading.Thread(
         target=_send_typing, args=(settings, message_sid), name="whatsapp-typing", daemon=True
