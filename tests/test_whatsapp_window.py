@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.conversations import outbound, replies
+from gateway.conversations import lifecycle, outbound, replies
 from gateway.errors import PermanentError
-from gateway.storage.models import Chat, Message, PhoneNumber, Role, utcnow
+from gateway.storage.models import Agent, Chat, Message, PhoneNumber, Role, utcnow
 from gateway.twilio import channels
 from tests.conftest import GATEWAY_API_KEY, post_twilio
 from tests.payloads import OUR_NUMBER, PERSON, WHATSAPP_OUR, WHATSAPP_PERSON, inbound_sms, inbound_whatsapp
@@ -148,3 +148,174 @@ def test_window_is_per_channel_an_sms_does_not_open_it(client, app):
     assert not channels.session_window_open(
         WHATSAPP_OUR, WHATSAPP_PERSON, now + timedelta(hours=24, seconds=1)
     )
+
+
+# Every other free-form WhatsApp send respects the window too: openings sent later, operator
+# texts, closing texts and notices. Nothing reaches the fake Twilio outside it.
+
+
+def test_an_opening_whose_time_came_after_the_window_closed_is_not_sent(
+    client, settings, fake_twilio, clock, wrote_to_us
+):
+    clock.at(wrote_to_us + timedelta(hours=23))
+    response = start(client, message="Your order is ready for pickup.")
+    assert response.status_code == 202, response.json
+    chat_id = response.json["chat_id"]
+    # The opening waited (the agent's sending hours, a late job) until the window had closed.
+    clock.at(wrote_to_us + timedelta(hours=24, minutes=5))
+    assert outbound.send_opening(settings, chat_id) == 0
+    assert fake_twilio.attempts == []
+    chat = client.get(f"/v1/chats/{chat_id}", headers=AUTH).json
+    assert (chat["chat_status"], chat["end_reason"]) == ("error", "opening_failed")
+    [opening] = chat["messages"]
+    assert (opening["status"], opening["error_code"]) == ("failed", "63016")
+    reason = Message.get(Message.chat == chat_id).error_message  # the chat's one message
+    assert "24 hours" in reason and "template" in reason
+    # The chat ended, so the pair is free for a template start (and the sweep leaves it alone).
+    assert start(client, content_sid=TEMPLATE).status_code == 202
+
+
+def test_an_agent_written_opening_after_the_window_closed_is_neither_written_nor_sent(
+    client, settings, fake_model, fake_twilio, clock, wrote_to_us
+):
+    clock.at(wrote_to_us + timedelta(hours=1))
+    chat_id = start(client).json["chat_id"]
+    clock.at(wrote_to_us + timedelta(days=2))
+    assert outbound.send_opening(settings, chat_id) == 0
+    assert fake_model.requests == [] and fake_twilio.attempts == []
+    chat = Chat.get_by_id(chat_id)
+    assert (chat.chat_status, chat.end_reason) == ("error", "opening_failed")
+    [notice] = Message.select().where(Message.chat == chat_id)
+    assert (notice.kind, notice.status, notice.error_code) == ("notice", "failed", "63016")
+    assert "24 hours" in notice.error_message
+
+
+def test_a_template_opening_is_sent_however_late(client, settings, fake_twilio, clock, wrote_to_us):
+    clock.at(wrote_to_us + timedelta(days=2))
+    chat_id = start(client, content_sid=TEMPLATE).json["chat_id"]
+    clock.at(wrote_to_us + timedelta(days=9))
+    assert outbound.send_opening(settings, chat_id) == 1
+    assert fake_twilio.messages[-1]["ContentSid"] == TEMPLATE
+
+
+@pytest.fixture
+def held_whatsapp_chat(client, app):
+    """An ongoing WhatsApp chat (the person wrote now), taken over by an operator; its chat id."""
+    PhoneNumber.create(phone_number=OUR_NUMBER)
+    form = inbound_whatsapp("Can a human help me?")
+    assert post_twilio(client, "/twilio/sms", form).status_code == 200
+    message = Message.get(Message.twilio_sid == form["MessageSid"])
+    assert client.post(f"/v1/chats/{message.chat_id}/takeover", headers=AUTH).status_code == 200
+    return message.chat_id, message.created_at
+
+
+def operator_text(client, chat_id, text="Hi, Sam here from the shop."):
+    """POST /v1/chats/{chat_id}/messages."""
+    return client.post(f"/v1/chats/{chat_id}/messages", json={"text": text}, headers=AUTH)
+
+
+def test_an_operator_text_outside_the_window_is_refused_up_front(
+    client, fake_twilio, clock, held_whatsapp_chat
+):
+    chat_id, wrote = held_whatsapp_chat
+    clock.at(wrote + timedelta(hours=23, minutes=59))
+    assert operator_text(client, chat_id).status_code == 202  # inside: queued
+
+    clock.at(wrote + timedelta(hours=24, minutes=1))
+    stored = Message.select().where(Message.chat == chat_id).count()
+    response = operator_text(client, chat_id, "Are you still there?")
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "outside_session_window"
+    assert "24 hours" in response.json["error"]["message"]
+    assert Message.select().where(Message.chat == chat_id).count() == stored  # nothing stored
+    assert fake_twilio.attempts == []
+
+
+def test_the_console_says_why_an_operator_text_is_refused(client, fake_twilio, clock, held_whatsapp_chat):
+    from tests.test_console import csrf_from, sign_in
+
+    chat_id, wrote = held_whatsapp_chat
+    clock.at(wrote + timedelta(days=2))
+    sign_in(client)
+    token = csrf_from(client.get(f"/console/chats/{chat_id}").get_data(as_text=True))
+    page = client.post(
+        f"/console/chats/{chat_id}/reply",
+        data={"text": "Are you still there?", "csrf_token": token},
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert f"{PERSON} has not written on WhatsApp in the last 24 hours" in page
+    assert "only an approved template" in page
+    assert not Message.select().where((Message.chat == chat_id) & (Message.kind == "operator")).exists()
+    assert fake_twilio.attempts == []
+
+
+def test_an_operator_text_whose_send_came_after_the_window_closed_fails_with_63016(
+    client, settings, fake_twilio, clock, held_whatsapp_chat
+):
+    from gateway.conversations import operator
+
+    chat_id, wrote = held_whatsapp_chat
+    clock.at(wrote + timedelta(hours=23, minutes=59))
+    assert operator_text(client, chat_id).status_code == 202
+    clock.at(wrote + timedelta(hours=24, minutes=1))  # the job ran late (Redis was down, say)
+    with pytest.raises(PermanentError) as raised:
+        operator.send_operator_parts(settings, chat_id)
+    assert raised.value.code == "63016"
+    part = Message.get((Message.chat == chat_id) & (Message.kind == "operator"))
+    assert (part.status, part.error_code) == ("failed", "63016")
+    assert fake_twilio.attempts == []
+
+
+@pytest.fixture
+def closing_agent(app):
+    """The default agent closes chats silent for an hour with a closing text."""
+    from gateway.conversations.agents import default_agent
+
+    agent = default_agent()
+    Agent.update(end_chat_after_silence_ms=3_600_000, auto_close_message="Closing this chat. Bye!").where(
+        Agent.agent_id == agent.agent_id
+    ).execute()
+    return agent
+
+
+@pytest.mark.parametrize(
+    ("silent_for", "closing_sent"), [(timedelta(hours=2), True), (timedelta(hours=25), False)]
+)
+def test_a_closing_text_goes_only_inside_the_window_and_the_chat_ends_either_way(
+    client, settings, fake_twilio, clock, closing_agent, silent_for, closing_sent
+):
+    PhoneNumber.create(phone_number=OUR_NUMBER)
+    form = inbound_whatsapp("thanks, that's all")
+    assert post_twilio(client, "/twilio/sms", form).status_code == 200
+    message = Message.get(Message.twilio_sid == form["MessageSid"])
+    Message.update(reply_state="none").where(Message.id == message.id).execute()  # no reply pending
+    later = message.created_at + silent_for
+    clock.at(later)
+    assert lifecycle.close_silent_chats(settings, now=later) == 1
+    chat = Chat.get_by_id(message.chat_id)
+    assert (chat.chat_status, chat.end_reason) == ("ended", "inactivity")
+    notices = list(Message.select().where((Message.chat == chat.chat_id) & (Message.kind == "notice")))
+    if closing_sent:
+        assert [n.content for n in notices] == ["Closing this chat. Bye!"]
+        assert [m["Body"] for m in fake_twilio.messages] == ["Closing this chat. Bye!"]
+    else:
+        assert notices == [] and fake_twilio.attempts == []  # skipped: nothing stored, nothing sent
+
+
+def test_a_spend_guard_notice_outside_the_window_is_skipped(client, settings, fake_twilio, clock, app):
+    from gateway.agent.spend import Refusal
+    from gateway.conversations.agents import default_agent
+    from gateway.conversations.delivery import SmsTarget
+    from gateway.conversations.refusals import refuse_reply
+    from gateway.storage.models import ReplyState
+
+    form = inbound_whatsapp("one more question")
+    post_twilio(client, "/twilio/sms", form)
+    message = Message.get(Message.twilio_sid == form["MessageSid"])
+    clock.at(message.created_at + timedelta(hours=25))
+    refusal = Refusal(ReplyState.RATE_LIMITED, "Too many replies to this person today.", notify=True)
+    target = SmsTarget(message.chat_id, WHATSAPP_OUR, WHATSAPP_PERSON, "whatsapp")
+    assert refuse_reply(settings, default_agent(), refusal, target, [message.id]) is False
+    assert Message.get_by_id(message.id).reply_state == "rate_limited"
+    assert not Message.select().where(Message.kind == "notice").exists()
+    assert fake_twilio.attempts == []

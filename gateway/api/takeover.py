@@ -3,7 +3,8 @@
 The domain rules live in gateway/conversations/operator.py (the console uses the same functions):
 while held, the person's texts are recorded but the agent does not answer them and the silence
 timer does not end the chat; the operator's text is sent like an agent reply (stored first, split
-into parts, status-tracked, refused when the person opted out) and marked `kind` operator.
+into parts, status-tracked, refused when the person opted out or, on WhatsApp, outside the 24-hour
+window) and marked `kind` operator.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def hand_back_chat(chat_id: str) -> ChatDetail:
     body=OperatorMessageCreate,
     ok=(202, ChatDetail, "The chat with the operator's text queued."),
     errors={
-        409: REFUSALS + " Not held by an operator (`not_held`); the person opted out (`opted_out`).",
+        409: REFUSALS + " Not held by an operator (`not_held`); the person opted out (`opted_out`); "
+        "a WhatsApp chat whose person last wrote more than 24 hours ago (`outside_session_window`: "
+        "WhatsApp then allows only approved templates, so nothing is stored or sent).",
     },
     path_params=CHAT_ID,
 )

@@ -8,8 +8,9 @@ caller's transaction), then sent. Each part is claimed (`sending`, with the atte
 attempts. A part left `sending` by an attempt that is over (its process is gone, or it failed) or
 whose lease (SEND_LEASE) ran out is taken over, and Twilio is first asked whether it was accepted
 (`find_sent`). A permanent failure fails the rest of the parts with its reason; Twilio's 21610
-(the person opted out) also records the opt-out. A gateway notice (`send_notice`) is sent once
-and its failure recorded, never raised.
+(the person opted out) also records the opt-out. A free-form WhatsApp part is not sent outside the
+24-hour window (failed with Twilio's 63016; templates are exempt). A gateway notice
+(`send_notice`) is sent once and its failure recorded, never raised.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.logs import mask_number, traffic
 from gateway.processes import attempt_token, claim_is_abandoned
 from gateway.storage.db import database
 from gateway.storage.models import Channel, Message, MessageKind, MessageStatus, utcnow
+from gateway.twilio.channels import may_send_free_form, outside_window_error
 from gateway.twilio.client import find_sent, send_sms
 from gateway.twilio.senders import Sender, sender_for, wait_for_slot
 from gateway.twilio.statuses import apply_early_statuses, map_twilio_status
@@ -85,6 +87,8 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
     callback = status_callback_url(settings)
     with database.connection_context():
         sender = sender_for(settings, target.our_number)
+        if target.channel == Channel.WHATSAPP.value:
+            _check_session_window(target, parts)
     sent = 0
     for index, part in enumerate(parts):
         if part.twilio_sid:
@@ -93,6 +97,25 @@ def send_parts(settings: Settings, target: SmsTarget, parts: list[Message]) -> i
             if _send_part(settings, target, parts, index, token, callback, sender):
                 sent += 1
     return sent
+
+
+def _check_session_window(target: SmsTarget, parts: list[Message]) -> None:
+    """Fail (PermanentError, Twilio's 63016) the unsent free-form parts when WhatsApp's window is closed.
+
+    Every path checks the window first in its own way (a refusal, a skipped notice, a failed
+    opening); this is the last word before Twilio, for a part whose send came later than that.
+    Templates (`content_sid`) may go at any time.
+    """
+    free_form = [
+        p.id
+        for p in parts
+        if not p.twilio_sid and not (isinstance(p.details, dict) and p.details.get("content_sid"))
+    ]
+    if free_form and not may_send_free_form(target.channel, target.our_number, target.their_number):
+        exc = outside_window_error()
+        metrics.count("reply_parts", len(free_form), result="failed", error_code=str(exc.code))
+        record_part_failure(free_form, exc)
+        raise exc
 
 
 def _send_part(

@@ -8,6 +8,7 @@ consent.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -17,6 +18,9 @@ from gateway.conversations.consent import has_opted_out
 from gateway.conversations.delivery import SmsTarget, send_notice, store_parts
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, MessageKind, utcnow
+from gateway.twilio.channels import may_send_free_form
+
+log = logging.getLogger(__name__)
 
 # Chats ended per agent per run, so one run stays short however many chats went quiet at once.
 CLOSE_BATCH = 500
@@ -27,7 +31,7 @@ END_BY_OPERATOR = "operator"
 END_BY_AGENT = "agent"  # the model called its end_chat tool (gateway/conversations/tool_actions.py)
 END_BY_OPT_OUT = "opt_out"  # the person texted STOP
 END_BY_SILENCE = "inactivity"  # the agent's end_chat_after_silence_ms passed
-END_BY_FAILED_OPENING = "opening_failed"  # no opening text could be written
+END_BY_FAILED_OPENING = "opening_failed"  # no opening text could be written (or sent: WhatsApp window)
 
 
 def end_chat(
@@ -60,9 +64,10 @@ def close_silent_chats(
 
     Each chat is ended by a conditional UPDATE (still ongoing, still silent, not held by an
     operator), so a message that arrives meanwhile keeps its chat open, and two sweeps never end
-    (or close-message) one chat twice. SMS chats whose agent has an `auto_close_message` get it
-    by SMS; `on_ended(chat_id)` is called for each ended chat (the job queues its post-chat
-    analysis). Returns how many chats were ended.
+    (or close-message) one chat twice. SMS chats whose agent has an `auto_close_message` get it by
+    SMS (on WhatsApp only inside the 24-hour window; else it is skipped); `on_ended(chat_id)` is
+    called for each ended chat (the job queues its post-chat analysis). Returns how many chats
+    were ended.
     """
     now = now or utcnow()
     ended = 0
@@ -105,6 +110,10 @@ def _send_auto_close(settings: Settings, chat: Chat, text: str) -> None:
     target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)
     with database.connection_context():
         if has_opted_out(target.our_number, target.their_number):
+            return
+        if not may_send_free_form(target.channel, target.our_number, target.their_number):
+            # WhatsApp's 24-hour window closed (a WhatsApp chat gone silent that long): skipped.
+            log.info("chat %s: no closing message, WhatsApp's 24-hour window is closed", chat.chat_id)
             return
         with write_transaction():
             # The chat is over: a closing notice, not the agent's words.

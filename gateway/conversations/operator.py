@@ -5,7 +5,8 @@ not answer them (gateway/conversations/replies.py marks them as needing no reply
 timer does not end the chat. The operator's text is stored as agent parts of kind `operator`
 (so the model reads them as its own earlier turns), split like a reply, and sent by the
 `send_operator_parts` job through the same `send_parts` as the agent's replies: status-tracked,
-never sent twice, refused when the person opted out.
+never sent twice, refused when the person opted out, and on WhatsApp refused outside the
+24-hour window (`outside_session_window`: only templates may go then).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ from gateway.storage.models import (
     MessageKind,
     MessageStatus,
     utcnow,
+)
+from gateway.twilio.channels import (
+    OUTSIDE_SESSION_WINDOW,
+    SESSION_WINDOW_HOURS,
+    bare_number,
+    may_send_free_form,
 )
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,15 @@ def send_operator_message(chat_id: str, text: str, queue: Queue | None) -> list[
             "opted_out",
             f"{chat.to_number} has opted out of texts from {chat.from_number} (they replied STOP); "
             "nothing was sent.",
+        )
+    if not may_send_free_form(chat.channel, chat.from_number, chat.to_number):
+        raise OperatorRefused(
+            409,
+            OUTSIDE_SESSION_WINDOW,
+            f"{bare_number(chat.to_number)} has not written on WhatsApp in the last "
+            f"{SESSION_WINDOW_HOURS} hours, so WhatsApp allows only an approved template, not a typed "
+            "text; nothing was sent. "
+            "The window opens again when they write.",
         )
     now = utcnow()
     target = SmsTarget(chat.chat_id, chat.from_number, chat.to_number, chat.channel)

@@ -39,7 +39,13 @@ from gateway.storage.models import (
     Role,
     utcnow,
 )
-from gateway.twilio.channels import OUTSIDE_SESSION_WINDOW, SESSION_WINDOW_HOURS, session_window_open
+from gateway.twilio.channels import (
+    OUTSIDE_SESSION_WINDOW,
+    SESSION_WINDOW_HOURS,
+    may_send_free_form,
+    outside_window_error,
+    session_window_open,
+)
 from gateway.twilio.senders import SenderPaced
 
 log = logging.getLogger(__name__)
@@ -204,8 +210,13 @@ def send_opening(settings: Settings, chat_id: str, *, last_attempt: bool = True)
         parts = _opening_parts(chat_id)
         if not parts and chat.operator_held_at is not None:
             return 0  # an operator holds the chat: the first text is theirs to write
-        if not any(p.twilio_sid for p in parts) and _wait_for_sending_hours(chat, agent):
-            return 0
+        if not any(p.twilio_sid for p in parts):
+            if _wait_for_sending_hours(chat, agent):
+                return 0
+            if _free_form(parts) and not may_send_free_form(chat.channel, chat.from_number, chat.to_number):
+                # Its time came (sending hours, a late job) after WhatsApp's window closed.
+                _record_opening_outside_window(chat, parts)
+                return 0
         prompt = None if parts else answering.build_prompt(settings, chat, agent)
     target = _target(chat)
     try:
@@ -246,8 +257,32 @@ def _wait_for_sending_hours(chat: Chat, agent: Agent) -> bool:
     return True
 
 
-def _record_opening_failure(chat: Chat, exc: Exception) -> None:
-    """No opening text could be written: a failed agent message says why; the chat ends in `error`."""
+def _free_form(parts: list[Message]) -> bool:
+    """True unless the opening is an approved template (no parts yet: the agent writes free-form)."""
+    return not any(isinstance(p.details, dict) and p.details.get("content_sid") for p in parts)
+
+
+def _record_opening_outside_window(chat: Chat, parts: list[Message]) -> None:
+    """A free-form WhatsApp opening whose time came after the window closed: not sent, and why.
+
+    Its parts (or, when the agent was to write it, a failed notice) record Twilio's 63016 with the
+    reason, and the chat ends in `error` (`opening_failed`), freeing the pair for a template start.
+    """
+    exc = outside_window_error("The opening text")
+    log.info("chat %s: the WhatsApp window closed before its opening's time; not sent", chat.chat_id)
+    if parts:
+        delivery.record_part_failure([p.id for p in parts], exc)
+        with database.connection_context(), database.atomic():
+            end_chat(chat.chat_id, END_BY_FAILED_OPENING, utcnow(), status=ChatStatus.ERROR)
+    else:
+        _record_opening_failure(chat, exc, written=False)
+
+
+def _record_opening_failure(chat: Chat, exc: Exception, *, written: bool = True) -> None:
+    """No opening text could be written: a failed agent message says why; the chat ends in `error`.
+
+    `written=False`: the text was not to be written at all; the message carries only `exc`'s reason.
+    """
     code, reason = code_and_reason(exc)
     now = utcnow()
     with database.connection_context(), database.atomic():
@@ -255,6 +290,6 @@ def _record_opening_failure(chat: Chat, exc: Exception) -> None:
         Message.update(
             status=MessageStatus.FAILED.value,
             error_code=code,
-            error_message=f"The opening text could not be written: {reason}",
+            error_message=f"The opening text could not be written: {reason}" if written else reason,
         ).where(Message.id.in_(ids)).execute()
         end_chat(chat.chat_id, END_BY_FAILED_OPENING, now, status=ChatStatus.ERROR)

@@ -3,9 +3,10 @@
 The texts that would have been answered keep their place in the chat with `reply_state`
 `rate_limited` or `budget_exhausted` and the reason in `error_message` (the API shows both). No
 model call is made. When this is the person's first refusal in the window (gateway/agent/spend.py
-decides, atomically, in Redis), the agent's `limit_notice_message` (None: a built-in text; "": none)
-is stored as a message of kind `notice` and sent. A notice that cannot be sent is recorded as
-failed and not retried: it is a courtesy, and the next window brings another.
+decides, atomically, in Redis), the agent's `limit_notice_message` (None: a built-in text; "":
+none) is stored as a message of kind `notice` and sent (on WhatsApp only inside the 24-hour
+window). A notice that cannot be sent is recorded as failed and not retried: it is a courtesy, and
+the next window brings another.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gateway.conversations.consent import has_opted_out
 from gateway.conversations.delivery import SmsTarget, send_notice, store_parts
 from gateway.storage.db import database, write_transaction
 from gateway.storage.models import Agent, Message, MessageKind, ReplyState, utcnow
+from gateway.twilio.channels import may_send_free_form
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,11 @@ def refuse_reply(
             error_message=refusal.reason,
             updated_at=now,
         ).where(Message.id.in_(message_ids) & (Message.reply_state == ReplyState.PENDING.value)).execute()
-        if text and not has_opted_out(target.our_number, target.their_number):
+        if (
+            text
+            and not has_opted_out(target.our_number, target.their_number)
+            and may_send_free_form(target.channel, target.our_number, target.their_number)
+        ):
             notice_ids = store_parts(target, [text], now, kind=MessageKind.NOTICE, reply_to=max(message_ids))
     log.info("spend guard: no reply to messages %s in %s: %s", message_ids, target.chat_id, refusal.reason)
     return bool(notice_ids) and send_notice(settings, target, notice_ids, "spend-guard notice") > 0

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.errors import PermanentError
 from gateway.storage.models import Channel, Message, Role, utcnow
 from gateway.twilio import fields
 
@@ -68,6 +69,22 @@ def session_window_open(our_address: str, their_address: str, now: datetime | No
             & (Message.created_at >= since)
         )
         .exists()
+    )
+
+
+def may_send_free_form(
+    channel: str, our_address: str, their_address: str, now: datetime | None = None
+) -> bool:
+    """False only on WhatsApp with the window closed: no free-form message may go then (templates may)."""
+    return Channel(channel) is not Channel.WHATSAPP or session_window_open(our_address, their_address, now)
+
+
+def outside_window_error(what: str = "The message") -> PermanentError:
+    """Why a free-form WhatsApp message is not sent outside the window, with Twilio's code for it."""
+    return PermanentError(
+        f"{what} was not sent: more than {SESSION_WINDOW_HOURS} hours passed since the person's last "
+        "WhatsApp message, and WhatsApp then allows only an approved template (content_sid).",
+        OUTSIDE_WINDOW_ERROR,
     )
 
 
