@@ -260,3 +260,42 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(client, settings):
     for n in range(MAX_FAILURES):
         assert sign_in_via_proxy(client, f"203.0.113.{n}") == 401
     assert sign_in_via_proxy(client, "203.0.113.200", GATEWAY_API_KEY) == 429
+
+
+def test_chats_show_their_channel_and_filter_by_it(client, sms_chat):
+    """A WhatsApp chat reads "WhatsApp" on the list and its page; the channel filter picks it out."""
+    now = utcnow()
+    whatsapp = Chat.create(
+        agent="agent_default",
+        chat_type=ChatType.SMS.value,
+        channel="whatsapp",
+        from_number="whatsapp:+15550001111",
+        to_number="whatsapp:+15559990000",
+        ongoing_pair="whatsapp:+15550001111|whatsapp:+15559990000",
+        start_timestamp=now,
+        last_activity_at=now,
+    )
+    sign_in(client)
+
+    def listed(query: str = "") -> tuple[str, list[str]]:
+        page = client.get(f"/console/chats{query}").get_data(as_text=True)
+        return page, re.findall(r'href="/console/chats/(chat_[^"]+)"', page)
+
+    page, ids = listed()
+    assert set(ids) == {sms_chat.chat_id, whatsapp.chat_id}
+    assert "<small>WhatsApp on whatsapp:+15550001111" in page
+    assert "<small>SMS on +15550001111" in page
+    assert '<select name="channel" aria-label="Channel">' in page
+    assert listed("?channel=whatsapp")[1] == [whatsapp.chat_id]
+    page, ids = listed("?channel=sms")
+    assert ids == [sms_chat.chat_id]
+    assert '<option value="sms" selected>SMS</option>' in page
+    # Our number's filter finds its chats on both channels; an unknown channel filters nothing.
+    assert set(listed("?number=%2B15550001111")[1]) == {sms_chat.chat_id, whatsapp.chat_id}
+    assert set(listed("?channel=fax")[1]) == {sms_chat.chat_id, whatsapp.chat_id}
+
+    chat_page = client.get(f"/console/chats/{whatsapp.chat_id}").get_data(as_text=True)
+    assert f"WhatsApp chat {whatsapp.chat_id}" in chat_page
+    assert f"SMS chat {sms_chat.chat_id}" in client.get(f"/console/chats/{sms_chat.chat_id}").get_data(
+        as_text=True
+    )

@@ -20,6 +20,7 @@ from gateway.console import bp
 from gateway.conversations import operator
 from gateway.storage.models import (
     Agent,
+    Channel,
     Chat,
     ChatStatus,
     ChatType,
@@ -30,6 +31,7 @@ from gateway.storage.models import (
     UserProfile,
 )
 from gateway.twilio import media
+from gateway.twilio.channels import address_for
 from gateway.twilio.error_codes import meaning
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,16 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 25
 # How often an open chat page asks whether anything changed (milliseconds).
 POLL_MS = 1500
+# How the pages name a chat's channel (API chats have no channel of their own).
+CHANNEL_LABELS = {Channel.SMS.value: "SMS", Channel.WHATSAPP.value: "WhatsApp"}
+
+
+@bp.app_template_filter("channel_label")
+def channel_label(chat: Chat) -> str:
+    """What kind of chat it is, in words: SMS, WhatsApp or API."""
+    if chat.chat_type != ChatType.SMS.value:
+        return "API"
+    return CHANNEL_LABELS.get(chat.channel, chat.channel or "SMS")
 
 
 def agent_names() -> dict[str, str]:
@@ -61,8 +73,12 @@ def chats():
         query = query.where(Chat.chat_status == args["status"])
     if args.get("type") in {t.value for t in ChatType}:
         query = query.where(Chat.chat_type == args["type"])
+    if args.get("channel") in CHANNEL_LABELS:
+        query = query.where(Chat.channel == args["channel"])
     if args.get("number"):
-        query = query.where(Chat.from_number == args["number"])
+        # Our number's chats on every channel (a WhatsApp chat keeps our `whatsapp:` address).
+        number = args["number"]
+        query = query.where(Chat.from_number.in_([number, address_for(Channel.WHATSAPP, number)]))
     search = (args.get("q") or "").strip()
     if search:
         digits = "".join(c for c in search if c.isdigit())
@@ -84,6 +100,7 @@ def chats():
         numbers=[n.phone_number for n in PhoneNumber.select(PhoneNumber.phone_number)],
         statuses=[s.value for s in ChatStatus],
         types=[t.value for t in ChatType],
+        channels=CHANNEL_LABELS,
     )
 
 
