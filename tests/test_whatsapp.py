@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 
 from gateway.conversations import replies
+from gateway.conversations.agents import DEFAULT_HELP_MESSAGE
 from gateway.storage.models import Chat, Contact, Message, Role
+from gateway.twilio.keywords import WHATSAPP_START_CONFIRMATION, WHATSAPP_STOP_CONFIRMATION
 from tests.conftest import GATEWAY_API_KEY, post_twilio
 from tests.payloads import (
     OUR_NUMBER,
@@ -92,6 +96,76 @@ def test_stop_on_whatsapp_opts_out_of_whatsapp_and_is_not_answered(client, setti
     assert fake_twilio.messages == [] and fake_model.requests == []
     # The SMS conversation with the same person is not affected.
     assert record(client, inbound_sms("hello")).reply_state == "pending"
+
+
+def answered(client, form: dict[str, str]) -> tuple[list[str], Message]:
+    """POST the webhook form; (the texts of the TwiML answer, the recorded message)."""
+    response = post_twilio(client, "/twilio/sms", form)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    texts = [m.text for m in ET.fromstring(response.get_data())]
+    return texts, Message.get(Message.twilio_sid == form["MessageSid"])
+
+
+def is_opted_out(our: str, theirs: str) -> bool:
+    """The contact row's opt-out flag."""
+    return Contact.get((Contact.our_number == our) & (Contact.phone_number == theirs)).opted_out
+
+
+def test_help_on_whatsapp_is_answered_there_and_stored_in_the_chat(client, settings, fake_model, fake_twilio):
+    texts, help_ = answered(client, inbound_whatsapp("help"))
+    assert texts == [DEFAULT_HELP_MESSAGE]  # TwiML: Twilio sends it back on WhatsApp
+    assert (help_.kind, help_.reply_state) == ("keyword", "none")
+    answer = Message.get((Message.reply_to == help_.id) & (Message.role == Role.AGENT.value))
+    assert (answer.chat_id, answer.kind, answer.status) == (help_.chat_id, "help_answer", "sent")
+    assert (answer.from_number, answer.to_number, answer.content) == (
+        WHATSAPP_OUR,
+        WHATSAPP_PERSON,
+        DEFAULT_HELP_MESSAGE,
+    )
+    chat = client.get(f"/v1/chats/{help_.chat_id}", headers=AUTH).get_json()
+    assert [(m["role"], m["kind"]) for m in chat["messages"]] == [
+        ("user", "keyword"),
+        ("agent", "help_answer"),
+    ]
+    assert fake_twilio.messages == [] and fake_model.requests == []  # no REST send, no model call
+
+
+def test_stop_is_confirmed_on_whatsapp_but_left_to_twilio_on_sms(client, fake_twilio):
+    # SMS: Twilio itself answers STOP on our numbers, so the gateway's TwiML is empty.
+    texts, _ = answered(client, inbound_sms("STOP"))
+    assert texts == []
+    # WhatsApp: Twilio does not, so the gateway confirms it, once per STOP, stored in the chat.
+    texts, stop = answered(client, inbound_whatsapp("stop"))
+    assert texts == [WHATSAPP_STOP_CONFIRMATION]
+    confirmation = Message.get(Message.reply_to == stop.id)
+    assert (confirmation.kind, confirmation.status, confirmation.to_number) == (
+        "notice",
+        "sent",
+        WHATSAPP_PERSON,
+    )
+    assert Chat.get_by_id(stop.chat_id).end_reason == "opt_out"
+    # A Messaging Service's Advanced Opt-Out answered it already (OptOutType): no second answer.
+    texts, _ = answered(client, inbound_whatsapp("STOP", OptOutType="STOP"))
+    assert texts == []
+    assert fake_twilio.messages == []
+
+
+def test_start_on_whatsapp_lifts_only_the_whatsapp_opt_out(client, fake_twilio):
+    answered(client, inbound_sms("STOP"))
+    answered(client, inbound_whatsapp("STOP"))
+    assert is_opted_out(OUR_NUMBER, PERSON) and is_opted_out(WHATSAPP_OUR, WHATSAPP_PERSON)
+
+    texts, start = answered(client, inbound_whatsapp("Start"))
+    assert texts == [WHATSAPP_START_CONFIRMATION]
+    assert Message.get(Message.reply_to == start.id).kind == "notice"
+    assert not is_opted_out(WHATSAPP_OUR, WHATSAPP_PERSON)
+    assert is_opted_out(OUR_NUMBER, PERSON)  # the SMS opt-out stands
+    assert record(client, inbound_whatsapp("hello again")).reply_state == "pending"
+    assert record(client, inbound_sms("hello by sms")).reply_state == "none"
+    # START from someone not opted out changes nothing and gets no confirmation.
+    texts, again = answered(client, inbound_whatsapp("START"))
+    assert texts == [] and not Message.select().where(Message.reply_to == again.id).exists()
+    assert fake_twilio.messages == []
 
 
 def test_read_is_recorded_after_delivered_and_never_moves_back(client, settings, fake_model, fake_twilio):

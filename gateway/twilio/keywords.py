@@ -19,6 +19,16 @@ class Keyword(StrEnum):
     HELP = "HELP"  # tell me who you are and how to opt out
 
 
+# On SMS, Twilio answers STOP and START itself (long codes, toll-free); on WhatsApp it does not,
+# so the gateway confirms them there (a TwiML answer to the person's own message, inside the
+# 24-hour window by definition): STOP every time, START when it lifted an opt-out.
+WHATSAPP_STOP_CONFIRMATION = (
+    "You are unsubscribed: no more WhatsApp messages from this number. Reply START to subscribe again."
+)
+WHATSAPP_START_CONFIRMATION = (
+    "You are subscribed again to WhatsApp messages from this number. Reply STOP to unsubscribe."
+)
+
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
 OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_WORDS = frozenset({"HELP", "INFO"})

@@ -5,9 +5,10 @@ in a chat of its own (channel `whatsapp`), with WhatsApp's extra fields kept on 
 
 Inbound, top to bottom: verify the signature (gateway/signature.py), read the form, record the
 message with its chat and contact in one transaction (gateway/sessions.py), apply STOP/START/HELP
-(gateway/keywords.py: STOP also ends the chat and queues its analysis), queue the agent's reply on
-RQ, answer TwiML at once. Nothing here calls
-the model or Twilio's REST API while Twilio waits. Status callbacks go to gateway/statuses.py.
+(gateway/keywords.py: STOP also ends the chat and queues its analysis; on WhatsApp, where Twilio
+does not, STOP and START are confirmed), queue the agent's reply on RQ, answer TwiML at once.
+Nothing here calls the model or Twilio's REST API while Twilio waits. Status callbacks go to
+gateway/statuses.py.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ from gateway.storage.models import (
 )
 from gateway.twilio import fields
 from gateway.twilio.channels import channel_of, whatsapp_details
-from gateway.twilio.keywords import Keyword, match_keyword
+from gateway.twilio.keywords import (
+    WHATSAPP_START_CONFIRMATION,
+    WHATSAPP_STOP_CONFIRMATION,
+    Keyword,
+    match_keyword,
+)
 from gateway.twilio.signature import twilio_signature_required
 from gateway.twilio.statuses import (
     map_twilio_status,
@@ -105,6 +111,7 @@ class Recorded:
     retry_attempts: int
     retry_delay: float
     help_message: str | None
+    answer: str | None = None  # the TwiML answer to this message (HELP; STOP/START on WhatsApp)
 
 
 def twiml(response: MessagingResponse | None = None) -> Response:
@@ -208,15 +215,26 @@ def record_inbound(sms: InboundSms) -> Recorded:
                 updated_at=now,
             ).execute()
             ended = False
+            answer = None
+            # Twilio confirms STOP/START itself on SMS (and when its Advanced Opt-Out matched), not
+            # on WhatsApp: there the gateway answers them.
+            confirms = channel_of(our) is Channel.WHATSAPP and not sms.opt_out_type
             if keyword is Keyword.HELP:
-                record_help_answer(session, message_id, our, theirs, now)
+                answer = help_text(session.help_message)
+                record_answer(session.chat_id, message_id, answer, MessageKind.HELP_ANSWER, our, theirs, now)
             if keyword is Keyword.STOP:
                 if not contact.opted_out:
                     set_contact_opt_out(contact.id, True, now)
                 # The person asked for no more texts: the conversation is over.
                 ended = end_chat(session.chat_id, END_BY_OPT_OUT, now)
+                if confirms:
+                    answer = WHATSAPP_STOP_CONFIRMATION
             elif keyword is Keyword.START and contact.opted_out:
                 set_contact_opt_out(contact.id, False, now)
+                if confirms:
+                    answer = WHATSAPP_START_CONFIRMATION
+            if answer is not None and keyword is not Keyword.HELP:
+                record_answer(session.chat_id, message_id, answer, MessageKind.NOTICE, our, theirs, now)
     except IntegrityError:
         if message_exists(sms.sid):
             raise DuplicateMessage(sms.sid) from None
@@ -231,6 +249,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
         retry_attempts=session.retry_attempts,
         retry_delay=session.retry_delay,
         help_message=session.help_message,
+        answer=answer,
     )
 
 
@@ -239,19 +258,22 @@ def help_text(help_message: str | None) -> str:
     return (help_message or "").strip() or DEFAULT_HELP_MESSAGE
 
 
-def record_help_answer(session, help_id: int, our: str, theirs: str, now) -> None:
-    """Store the HELP answer as a message of the chat, so the transcript shows what the person got.
+def record_answer(
+    chat_id: str, answered_id: int, text: str, kind: MessageKind, our: str, theirs: str, now
+) -> None:
+    """Store a keyword's answer (HELP's, a WhatsApp STOP/START confirmation) as a message of the chat,
+    so the transcript shows what the person got.
 
     Twilio sends it as the TwiML answer to this very request (no SID of its own comes back), so
     it is stored as `sent`; its kind keeps it out of everything the model reads.
     """
     [row] = answer_rows(
-        session.chat_id,
-        [help_text(session.help_message)],
+        chat_id,
+        [text],
         None,
         now,
-        reply_to=help_id,
-        kind=MessageKind.HELP_ANSWER,
+        reply_to=answered_id,
+        kind=kind,
         status=MessageStatus.SENT.value,
         from_number=our,
         to_number=theirs,
@@ -320,10 +342,10 @@ def inbound_sms() -> Response:
     elif recorded.chat_ended:
         # Only chat_id is read; schedule_analysis logs (never raises) when Redis is down.
         schedule_analysis(current_app.task_queue, Chat(chat_id=recorded.chat_id))  # type: ignore[attr-defined]
-    elif recorded.keyword is Keyword.HELP:
+    if recorded.answer is not None:
         # TwiML, not the REST API: Twilio sends it as the answer to this request.
         response = MessagingResponse()
-        response.message(help_text(recorded.help_message))
+        response.message(recorded.answer)
     emit_inbound_events(sms, recorded)  # after the reply is queued: events never delay it
     return twiml(response)
 
