@@ -7,7 +7,7 @@ import pytest
 from gateway.conversations import replies
 from gateway.storage.models import Message, PhoneNumber
 from gateway.twilio.senders import pace_key, reserve_slot
-from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
+from tests.conftest import GATEWAY_API_KEY, WorkerProcess, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms, inbound_whatsapp
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_API_KEY}"}
@@ -129,6 +129,64 @@ def test_a_burst_is_paced_at_the_numbers_rate_and_another_number_is_not_held_up(
     assert len({(m["To"], m["From"]) for m in sent}) == burst + 1
 
 
+def test_two_worker_processes_share_one_numbers_rate_and_other_numbers_are_not_held_up(
+    client, settings, fake_model, fake_twilio, redis_conn, tmp_path
+):
+    """30 replies from one number at max_mps 5, answered by two worker processes at once: no
+    second at Twilio holds more than max_mps + 1 of them (Twilio's stamps; the pacing is one Redis
+    key for both processes), both processes sent some, and another number's replies went out
+    while the burst was still draining."""
+    import re
+
+    from rq import Worker
+
+    rate, burst, others = 5, 30, 3
+    PhoneNumber.create(phone_number=OUR_NUMBER, max_mps=rate)
+    PhoneNumber.create(phone_number=OTHER_NUMBER)
+    # A few threads each, so neither process can take the whole burst on its own.
+    workers = [
+        WorkerProcess(settings, tmp_path / f"worker{i}.log", {"WORKER_CONCURRENCY": "4"}) for i in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: len(Worker.all(connection=redis_conn)) >= 2, 30, message="two workers")
+        for index in range(burst):  # one text each from `burst` people: separate chats
+            post_twilio(client, "/twilio/sms", inbound_sms(f"hi {index}", From=f"+1415555{index:04d}"))
+        for index in range(others):
+            post_twilio(
+                client,
+                "/twilio/sms",
+                inbound_sms(f"me too {index}", To=OTHER_NUMBER, From=f"+1415666{index:04d}"),
+            )
+        sent = fake_twilio.wait_for_messages(burst + others, timeout=90)
+        wait_for(
+            lambda: Message.select().where(Message.reply_state == "answered").count() == burst + others, 30
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    paced = sorted(m["received_at"] for m in sent if m["From"] == OUR_NUMBER)
+    other = sorted(m["received_at"] for m in sent if m["From"] == OTHER_NUMBER)
+    assert (len(paced), len(other)) == (burst, others)
+    # The rate ceiling, whichever process sent: any 1-second window at Twilio holds at most rate + 1.
+    most_in_a_second = max(sum(1 for t in paced if start <= t < start + 1.0) for start in paced)
+    assert most_in_a_second <= rate + 1, [round(t - paced[0], 2) for t in paced]
+    # The other number's replies did not queue behind the burst.
+    assert other[-1] < paced[-1]
+    # Both processes sent part of the burst (each logs the chats it sent to).
+    burst_chats = {m.chat_id for m in Message.select().where(Message.to_number == OUR_NUMBER)}
+    for worker in workers:
+        logged = set(re.findall(r"sms out: chat (\S+) ", worker.log()))
+        assert logged & burst_chats, worker.log()[-2000:]
+    # Pacing is no failure: no attempt gave up (each paced job came back without using a retry).
+    for worker in workers:
+        assert "giving up" not in worker.log(), worker.log()[-2000:]
+    # Every text was answered once.
+    assert len({(m["To"], m["From"]) for m in sent}) == burst + others
+
+
 @pytest.mark.parametrize(
     ("retries_left", "intervals"), [(3, [1, 2, 4]), (1, [1, 2, 4]), (0, None), (None, None)]
 )
@@ -154,6 +212,26 @@ def test_a_paced_job_comes_back_after_the_wait_with_its_retries_intact(redis_con
         job.retries_left = left
         after.append(job.get_retry_interval())
     assert after == before
+
+
+def test_a_paced_attempt_is_not_counted_as_one_of_the_jobs_retries(redis_conn, monkeypatch):
+    from rq.job import Job
+
+    from gateway.twilio.senders import SenderPaced
+    from workers import jobs
+
+    job = Job.create("workers.jobs.reply_to_message", args=(1,), connection=redis_conn)
+    job.retries_left, job.retry_intervals = 1, [5]
+    monkeypatch.setattr(jobs, "get_current_job", lambda: job)
+
+    def paced(last: bool) -> int:
+        assert last is False
+        raise SenderPaced(OUR_NUMBER, 2.3)
+
+    with pytest.raises(SenderPaced):
+        jobs._attempt(paced)
+    # One more retry, scheduled after the wait: RQ's retry uses it, and the agent's one is left.
+    assert (job.retries_left, job.get_retry_interval()) == (2, 3)
 
 
 def test_a_send_far_from_its_slot_is_put_off_not_failed(

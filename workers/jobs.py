@@ -152,6 +152,12 @@ def _attempt(run):
     try:
         with keep:
             return run(last)
+    except SenderPaced as exc:
+        # The number is at its send rate (a TransientError, so caught before GatewayError): no
+        # failure, and no retry of the agent's used up; the job comes back when its slot nears.
+        if job is not None:
+            _come_back_after(job, exc.wait)
+        raise
     except GatewayError as exc:
         # One line per failed attempt, no traceback (gateway.logs drops RQ's for these errors).
         final = last or isinstance(exc, PermanentError)
@@ -165,10 +171,6 @@ def _attempt(run):
         )
         if isinstance(exc, PermanentError) and job is not None:
             job.retries_left = 0
-        raise
-    except SenderPaced as exc:
-        if job is not None:
-            _come_back_after(job, exc.wait)
         raise
 
 
