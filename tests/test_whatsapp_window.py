@@ -319,3 +319,14 @@ def test_a_spend_guard_notice_outside_the_window_is_skipped(client, settings, fa
     assert Message.get_by_id(message.id).reply_state == "rate_limited"
     assert not Message.select().where(Message.kind == "notice").exists()
     assert fake_twilio.attempts == []
+
+
+def test_the_api_document_lists_the_operator_texts_window_refusal(client):
+    document = client.get("/v1/openapi.json", headers=AUTH).json
+    [operation] = [
+        op
+        for path in document["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict) and op.get("operationId") == "sendOperatorMessage"
+    ]
+    assert "`outside_session_window`" in operation["responses"]["409"]["description"]
