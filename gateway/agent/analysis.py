@@ -50,7 +50,6 @@ from gateway.agent.history import recent_messages
 from gateway.agent.memory import (
     clip,
     job_token,
-    model_for,
     parse_json_object,
     queue_for,
     transcript,
@@ -313,15 +312,8 @@ def analyze_chat(settings: Settings, chat_id: str) -> dict[str, Any] | None:
             return None  # the offline responder cannot analyse
         request = analysis_request(chat, agent, rows, older_left_out, fields)
         try:
-            completion = structured.complete_json_counted(
-                settings,
-                agent,
-                model=model_for(agent, settings),
-                messages=request,
-                name="chat_analysis",
-                schema=analysis_schema(fields),
-                max_tokens=ANALYSIS_MAX_TOKENS,
-            )
+            answer = structured.JsonAnswer("chat_analysis", analysis_schema(fields), ANALYSIS_MAX_TOKENS)
+            completion = structured.complete_json_counted(settings, agent, answer, request)
         except spend.OverBudget as exc:
             log.warning("analysis: chat %s not analysed: %s", chat_id, exc.reason)
             return None

@@ -56,16 +56,7 @@ from gateway.queue import (
     retry_policy,
 )
 from gateway.storage.db import database
-from gateway.storage.models import (
-    Agent,
-    Chat,
-    ChatStatus,
-    ChatType,
-    Message,
-    Role,
-    UserProfile,
-    utcnow,
-)
+from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, UserProfile, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +122,8 @@ PROFILE_SCHEMA = structured.strict_object(
         "facts": _LIST,
     }
 )
+SUMMARY_ANSWER = structured.JsonAnswer("summary", SUMMARY_SCHEMA, SUMMARY_MAX_TOKENS)
+PROFILE_ANSWER = structured.JsonAnswer("profile", PROFILE_SCHEMA, PROFILE_MAX_TOKENS)
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -182,11 +175,6 @@ def summary_text(text: str) -> str:
     if answer is not None and isinstance(answer.get("summary"), str):
         return answer["summary"]
     return text
-
-
-def model_for(agent: Agent, settings: Settings) -> str:
-    """The model the agent talks with (memory jobs use the same one)."""
-    return agent.model or settings.openai_model
 
 
 # --- rolling summary ------------------------------------------------------------------------------
@@ -269,15 +257,7 @@ def update_summary(settings: Settings, chat_id: str) -> MemoryOutcome:
         request = summary_request(chat.summary, rows, more)
         old_mark = chat.summary_message_id
     try:
-        completion = structured.complete_json_counted(
-            settings,
-            agent,
-            model=model_for(agent, settings),
-            messages=request,
-            name="summary",
-            schema=SUMMARY_SCHEMA,
-            max_tokens=SUMMARY_MAX_TOKENS,
-        )
+        completion = structured.complete_json_counted(settings, agent, SUMMARY_ANSWER, request)
     except spend.OverBudget as exc:
         return MemoryOutcome("skipped", exc.reason)
     summary = clip(summary_text(completion.text), SUMMARY_MAX_CHARS)
@@ -408,18 +388,10 @@ def update_profile(settings: Settings, key: str, *, model: str | None = None) ->
             return MemoryOutcome("not_due")
         agent = Agent.get_by_id(Chat.get_by_id(rows[-1].chat_id).agent_id)  # the newest chat's pays
         if model is None:
-            model = model_for(agent, settings)
+            model = structured.model_for(agent, settings)
         request = profile_request(profile, rows, more)
     try:
-        completion = structured.complete_json_counted(
-            settings,
-            agent,
-            model=model,
-            messages=request,
-            name="profile",
-            schema=PROFILE_SCHEMA,
-            max_tokens=PROFILE_MAX_TOKENS,
-        )
+        completion = structured.complete_json_counted(settings, agent, PROFILE_ANSWER, request, model=model)
     except spend.OverBudget as exc:
         return MemoryOutcome("skipped", exc.reason)
     updated = parse_json_object(completion.text)

@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -40,6 +41,9 @@ from redis.exceptions import RedisError
 from gateway.config import Settings
 from gateway.queue import redis_for
 from gateway.storage.models import Agent, ReplyState, utcnow
+
+if TYPE_CHECKING:
+    from gateway.agent.llm import Completion
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,17 @@ def forget_person(settings: Settings, person: str) -> int:
     return int(redis.delete(*keys)) if keys else 0
 
 
+def _reply_count_keys(
+    settings: Settings, agent_id: str, person: str, reply_id: int | str, hour: str, day: str
+) -> list[str]:
+    """The keys that count one reply: its "admitted" mark and the person's hour and day counters."""
+    return [
+        _key(settings, "admitted", agent_id, reply_id),
+        _person_key(settings, agent_id, person, hour),
+        _person_key(settings, agent_id, person, day),
+    ]
+
+
 def admit_reply(
     settings: Settings, agent: Agent, person: str, reply_id: int | str, *, now: datetime | None = None
 ) -> Refusal | None:
@@ -242,9 +257,7 @@ def admit_reply(
     hour, day = _windows(now or utcnow())
     agent_id = agent.agent_id
     keys = [
-        _key(settings, "admitted", agent_id, reply_id),
-        _person_key(settings, agent_id, person, hour),
-        _person_key(settings, agent_id, person, day),
+        *_reply_count_keys(settings, agent_id, person, reply_id, hour, day),
         agent_tokens_key(settings, agent_id, day),
         gateway_tokens_key(settings, day),
         _notice_key(settings, person, agent_id, hour),
@@ -298,12 +311,9 @@ def unadmit_reply(
     if redis is None:
         return
     hour, day = _windows(now or utcnow())
-    agent_id = agent.agent_id
     keys = [
-        _key(settings, "admitted", agent_id, reply_id),
-        _person_key(settings, agent_id, person, hour),
-        _person_key(settings, agent_id, person, day),
-        _key(settings, "replies", agent_id, day),
+        *_reply_count_keys(settings, agent.agent_id, person, reply_id, hour, day),
+        _key(settings, "replies", agent.agent_id, day),
     ]
     try:
         redis.eval(_UNADMIT, len(keys), *keys)
@@ -404,6 +414,17 @@ class Reservation:
     def release(self) -> None:
         """The call failed: give the reservation back (never raises)."""
         self._close(0)
+
+    def spend_on(self, call: Callable[[], Completion]) -> Completion:
+        """Make the model call `call` under this reservation: its reported tokens replace the
+        reservation, a failure (any exception) releases it and is raised."""
+        try:
+            completion = call()
+        except BaseException:
+            self.release()
+            raise
+        self.settle(completion.prompt_tokens, completion.completion_tokens)
+        return completion
 
     def _close(self, used: int) -> None:
         if self.done:

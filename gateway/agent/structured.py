@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
@@ -128,41 +129,50 @@ def complete_json(
     raise AssertionError("unreachable: the instructions-only attempt returns or raises")
 
 
+@dataclass(frozen=True)
+class JsonAnswer:
+    """One kind of structured answer a background job asks for: its name, JSON Schema and length cap."""
+
+    name: str
+    schema: dict[str, Any]
+    max_tokens: int
+
+
+def model_for(agent: Agent, settings: Settings) -> str:
+    """The model the agent talks with (its background jobs use the same one)."""
+    return agent.model or settings.openai_model
+
+
 def complete_json_counted(
     settings: Settings,
     agent: Agent,
-    *,
-    model: str,
+    answer: JsonAnswer,
     messages: list[dict[str, Any]],
-    name: str,
-    schema: dict,
-    max_tokens: int,
+    *,
+    model: str | None = None,
 ) -> llm.Completion:
     """`complete_json` for a background job of an agent (summary, profile, analysis), its answer
-    capped at `max_tokens`: the kind that worked is remembered in Redis, and the call counts
-    against the agent's and the gateway's daily budgets.
+    capped at `answer.max_tokens`, with the agent's model unless `model` is given: the kind that
+    worked is remembered in Redis, and the call counts against the agent's and the gateway's daily
+    budgets.
 
     Its estimated size is reserved first (spend.reserve: raises spend.OverBudget, and no model
     call is made, when it does not fit); the answer's tokens replace the reservation, a failure
     releases it. The attempts a server refuses (400/422) answer nothing and share the reservation.
     """
-    reservation = spend.reserve(settings, agent, spend.estimate_tokens(messages, None, max_tokens))
-    try:
-        completion = complete_json(
+    reservation = spend.reserve(settings, agent, spend.estimate_tokens(messages, None, answer.max_tokens))
+    return reservation.spend_on(
+        lambda: complete_json(
             settings,
-            model=model,
+            model=model or model_for(agent, settings),
             messages=messages,
-            name=name,
-            schema=schema,
+            name=answer.name,
+            schema=answer.schema,
             redis=redis_for(settings),
             agent_id=agent.agent_id,
-            max_tokens=max_tokens,
+            max_tokens=answer.max_tokens,
         )
-    except BaseException:
-        reservation.release()
-        raise
-    reservation.settle(completion.prompt_tokens, completion.completion_tokens)
-    return completion
+    )
 
 
 def nullable(kind: str, **extra: Any) -> dict[str, Any]:

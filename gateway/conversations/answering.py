@@ -94,8 +94,8 @@ def ask(
         )
     except spend.OverBudget as exc:
         raise BudgetExhausted(f"{exc.reason} No model call until it resets at midnight UTC.") from None
-    try:
-        completion = llm.complete(
+    return reservation.spend_on(
+        lambda: llm.complete(
             settings,
             model=agent.model or settings.openai_model,
             messages=messages,
@@ -105,11 +105,7 @@ def ask(
             tool_choice=tool_choice,
             agent_id=agent.agent_id,
         )
-    except BaseException:
-        reservation.release()
-        raise
-    reservation.settle(completion.prompt_tokens, completion.completion_tokens)
-    return completion
+    )
 
 
 def retry_sleep(retry_delay: float, attempt: int) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from flask import Blueprint, Response, current_app, request
 from peewee import IntegrityError
 from redis.exceptions import RedisError
+from rq import Retry
 from twilio.twiml.messaging_response import MessagingResponse
 
 from gateway import events, metrics
@@ -108,9 +109,7 @@ class Recorded:
     keyword: Keyword | None
     chat_ended: bool  # STOP ended the chat
     chat_started: bool  # this text opened a new chat
-    retry_attempts: int
-    retry_delay: float
-    help_message: str | None
+    retry: Retry | None  # the reply job's retries, from the chat's agent
     answer: str | None = None  # the TwiML answer to this message (HELP; STOP/START on WhatsApp)
 
 
@@ -246,9 +245,7 @@ def record_inbound(sms: InboundSms) -> Recorded:
         keyword=keyword,
         chat_ended=ended,
         chat_started=session.created,
-        retry_attempts=session.retry_attempts,
-        retry_delay=session.retry_delay,
-        help_message=session.help_message,
+        retry=retry_policy(session.retry_attempts, session.retry_delay),
         answer=answer,
     )
 
@@ -296,7 +293,7 @@ def queue_reply(recorded: Recorded) -> None:
             queue,
             chat_id=recorded.chat_id,
             message_id=recorded.message_id,
-            retry=retry_policy(recorded.retry_attempts, recorded.retry_delay),
+            retry=recorded.retry,
             check_existing=False,
         )
         WEB_REDIS.ok()
