@@ -41,7 +41,7 @@ CLASS_ATTRIBUTES = {
         "work", "execute_job", "cleanup_execution", "serialize", "refresh", "get_heartbeat_ttl",
         "connection_timeout", "handle_payload", "request_stop", "request_force_stop",
         "request_stop_execution", "_install_signal_handlers", "_start_scheduler", "stop_scheduler",
-        "run_maintenance_tasks", "_pubsub_exception_handler",
+        "run_maintenance_tasks", "_pubsub_exception_handler", "subscribe", "unsubscribe",
         # called
         "prepare_execution", "perform_job", "set_state", "heartbeat", "bootstrap",
         "check_for_suspension", "should_run_maintenance_tasks", "run_maintenance_tasks",
@@ -79,7 +79,7 @@ CLASS_ATTRIBUTES = {
 WORKER_INSTANCE_ATTRIBUTES = [
     "_ordered_queues", "_stop_requested", "_shutdown_requested_date", "_stopped_job_id",
     "scheduler", "serializer", "connection", "key", "name", "log", "queues", "worker_ttl",
-    "job_monitoring_interval", "_exc_handlers",
+    "job_monitoring_interval", "_exc_handlers", "pubsub_channel_name",
 ]  # fmt: skip
 SCHEDULER_INSTANCE_ATTRIBUTES = [
     "_status", "_stop_requested", "_process", "acquired_locks", "log", "_queue_names",

@@ -348,7 +348,10 @@ def test_the_tools_of_a_turn_share_one_time_budget(app, settings, fake_model, to
     assert run.completion.text == "I can't check orders right now."
     assert [r["outcome"] for r in run.calls] == ["timeout", "timeout"]
     assert "used up" in json.loads(run.calls[1]["result"])["error"]
-    assert len(tool_server.requests) == 1  # the second call was not made
+    # The second call was never made. The first may not have reached the server either: on a
+    # loaded machine 0.3 s can pass before its request is read, so at most one arrived.
+    assert len(tool_server.requests) <= 1
+    assert all(json.loads(r.body)["arguments"] == {"order_id": "981"} for r in tool_server.requests)
 
 
 def test_a_loopback_tool_url_is_refused_unless_private_urls_are_allowed(

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -397,3 +398,20 @@ def test_periodic_jobs_are_enqueued_by_one_scheduler(redis_conn, queue):
         second.stop()
     assert not redis_conn.exists(first.lock_key)  # released on stop
     assert {job.func_name for job in queue.get_jobs()} == {f"{JOBS}.tick"}
+
+
+def test_shutdown_does_not_wait_out_the_command_channels_poll(redis_conn, queue):
+    """The command channel's thread, left waiting for a subscription, lets a shutdown go in a second.
+
+    This is the state a SIGTERM can meet: the unsubscribe at teardown was read before the thread
+    was told to stop, so its next poll waits for a subscription that never comes. With RQ's 60 s
+    poll and redis-py 8 joining that thread without a bound, an idle worker took a minute to exit.
+    """
+    worker = ThreadPoolWorker([queue], connection=redis_conn)
+    worker.subscribe()
+    worker.pubsub.unsubscribe()
+    wait_for(lambda: not worker.pubsub.subscribed, message="the unsubscribe read by the thread")
+    done = threading.Event()
+    threading.Thread(target=lambda: (worker.unsubscribe(), done.set()), daemon=True).start()
+    assert done.wait(20), "unsubscribe still waiting on the command channel's thread"
+    assert not worker.pubsub_thread.is_alive()

@@ -121,6 +121,8 @@ log = logging.getLogger(__name__)
 REAPING_LOCK_TTL = 10
 # As RQ's own registry-cleaning lock: held at most this long by a worker that cleans, then freed.
 MAINTENANCE_LOCK_TTL = 899
+# How often the command channel's thread polls (RQ: 60 s); also the longest a shutdown waits on it.
+PUBSUB_POLL_SECONDS = 1.0
 
 
 class ColdShutdownError(Exception):
@@ -751,6 +753,21 @@ class ThreadPoolWorker(SimpleWorker):
             intermediate.remove(job_id)
             self.connection.delete(seen_key)
         return handled
+
+    def subscribe(self) -> None:
+        """RQ's command channel (stop-job, shutdown), its listening thread polling every second.
+
+        RQ polls every 60 s, and redis-py 8's `PubSubWorkerThread.stop()` joins the thread with no
+        bound: when the unsubscribe at shutdown is read before the thread sees it must stop, its
+        next poll waits for a subscription for the full 60 s, and SIGTERM took a minute to end an
+        idle worker. With a 1 s poll a shutdown waits at most that second.
+        """
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         """RQ's command channel: wait out a Redis outage quietly (the outage logs it once)."""
