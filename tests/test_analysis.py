@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from gateway.agent import analysis, spend
 from gateway.agent.analysis import (
@@ -20,7 +20,7 @@ from gateway.agent.analysis import (
 from gateway.errors import TransientError
 from gateway.queue import JobSerializer, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatType, Message, Role, utcnow
-from tests.conftest import GATEWAY_API_KEY, post_twilio
+from tests.conftest import GATEWAY_API_KEY, SimpleWorker, post_twilio
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from workers import context, jobs, memory_jobs
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from rq import SimpleWorker
 from rq.job import Job, JobStatus
 
 from gateway.conversations import answering, replies
@@ -17,7 +16,7 @@ from gateway.queue import (
     retry_policy,
 )
 from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
-from tests.conftest import GATEWAY_API_KEY, post_twilio, wait_for
+from tests.conftest import GATEWAY_API_KEY, SimpleWorker, post_twilio, wait_for
 from tests.payloads import OUR_NUMBER, PERSON, inbound_sms
 from workers import context
 

@@ -15,7 +15,6 @@ import zlib
 from dataclasses import replace
 
 import pytest
-from rq import SimpleWorker
 
 from gateway.agent.prompt import build_messages
 from gateway.config import Settings
@@ -24,7 +23,7 @@ from gateway.queue import JobSerializer, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatType, Message, PhoneNumber, Role
 from gateway.twilio import media
 from gateway.twilio.media import MediaError, MediaPolicy, Source, fetch_media, origin_of, policy_for
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_API_KEY, post_twilio, wait_for
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, GATEWAY_API_KEY, SimpleWorker, post_twilio, wait_for
 from tests.fakes.http import LoopbackServer, Request, Response
 from tests.payloads import OUR_NUMBER, PERSON, inbound_mms
 from workers import context

@@ -14,7 +14,9 @@ from datetime import timedelta
 
 import pytest
 from redis import Redis
-from rq import Queue, Retry, SimpleWorker
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
 from rq.job import JobStatus
 
 from gateway.agent import memory, spend
@@ -31,7 +33,7 @@ from gateway.agent.memory import (
 from gateway.conversations import replies
 from gateway.queue import JobSerializer, fetch_job, job_queue, queue_name
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Message, Role, UserProfile, utcnow
-from tests.conftest import GATEWAY_API_KEY, free_port
+from tests.conftest import GATEWAY_API_KEY, SimpleWorker, free_port
 from workers import context, jobs, memory_jobs
 
 OUR = "+15550001000"
@@ -530,7 +532,9 @@ def test_settings_decide_which_updates_are_queued(app, queue):
 def test_scheduling_survives_redis_being_down(app):
     agent = new_agent(summary_memory=True, user_analysis_memory=True)
     chat = sms_chat(agent)
-    dead = Queue("x", connection=Redis(port=free_port(), socket_connect_timeout=0.2))
+    # No retries: redis-py's default (10, with backoff) would only make the refusal take 3 s.
+    dead_redis = Redis(port=free_port(), socket_connect_timeout=0.2, retry=RedisRetry(NoBackoff(), 0))
+    dead = Queue("x", connection=dead_redis)
     assert schedule_after_turn(dead, chat, agent) == []
     assert schedule_after_turn(None, chat, agent) == []
 

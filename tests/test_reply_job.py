@@ -6,7 +6,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimitRegistry
 
@@ -24,7 +23,7 @@ from gateway.queue import (
     retry_policy,
 )
 from gateway.storage.models import Agent, Chat, ChatStatus, ChatType, Contact, Message, Role, utcnow
-from tests.conftest import PUBLIC_BASE_URL
+from tests.conftest import PUBLIC_BASE_URL, SimpleWorker
 from workers import context, jobs
 
 OUR = "+15550001000"

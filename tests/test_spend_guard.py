@@ -10,13 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from rq import SimpleWorker
 
 from gateway.agent import spend
 from gateway.conversations.agents import default_agent
 from gateway.queue import JobSerializer, job_queue, queue_name
 from gateway.storage.models import Agent, Message, MessageKind, ReplyState, Role
-from tests.conftest import GATEWAY_API_KEY, ROOT, WorkerProcess, post_twilio, wait_for
+from tests.conftest import GATEWAY_API_KEY, ROOT, SimpleWorker, WorkerProcess, post_twilio, wait_for
 from tests.payloads import PERSON, inbound_sms
 from workers import context
 

@@ -450,7 +450,26 @@ class _InFlight:
     overdue_logged: bool = False
 
 
-class ThreadPoolWorker(SimpleWorker):
+class PromptCommandChannel(BaseWorker):
+    """An RQ worker whose command-channel thread polls every second, so its shutdown is prompt."""
+
+    def subscribe(self) -> None:
+        """RQ's command channel (stop-job, shutdown), its listening thread polling every second.
+
+        RQ polls every 60 s, and redis-py 8's `PubSubWorkerThread.stop()` joins the thread with no
+        bound: when the unsubscribe at shutdown is read before the thread sees it must stop, its
+        next poll waits for a subscription for the full 60 s, and SIGTERM took a minute to end an
+        idle worker. With a 1 s poll a shutdown waits at most that second.
+        """
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+
+class ThreadPoolWorker(PromptCommandChannel, SimpleWorker):
     """An RQ worker running up to `concurrency` jobs at once, each in its own thread."""
 
     death_penalty_class = ThreadDeathPenalty
@@ -753,21 +772,6 @@ class ThreadPoolWorker(SimpleWorker):
             intermediate.remove(job_id)
             self.connection.delete(seen_key)
         return handled
-
-    def subscribe(self) -> None:
-        """RQ's command channel (stop-job, shutdown), its listening thread polling every second.
-
-        RQ polls every 60 s, and redis-py 8's `PubSubWorkerThread.stop()` joins the thread with no
-        bound: when the unsubscribe at shutdown is read before the thread sees it must stop, its
-        next poll waits for a subscription for the full 60 s, and SIGTERM took a minute to end an
-        idle worker. With a 1 s poll a shutdown waits at most that second.
-        """
-        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
-        self.pubsub = self.connection.pubsub()
-        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
-            sleep_time=PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
-        )
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         """RQ's command channel: wait out a Redis outage quietly (the outage logs it once)."""
