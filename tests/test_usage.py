@@ -49,6 +49,8 @@ def test_sms_chat_reports_the_tokens_of_its_replies(client, configured, fake_mod
     # Each reply's tokens are on its first part only, so split replies are not counted twice.
     tokens = [
         (m.part_index, m.prompt_tokens is not None)
-        for m in Message.select().where((Message.chat == chat) & (Message.role == Role.AGENT.value))
+        for m in Message.select()
+        .where((Message.chat == chat) & (Message.role == Role.AGENT.value))
+        .order_by(Message.id)
     ]
     assert tokens == [(0, True), (0, True), (1, False)]
